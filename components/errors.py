@@ -1,0 +1,137 @@
+"""One error taxonomy and its two renderings: an OpenAI-shaped JSON body and a final SSE event."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# OpenAI's `type` values: 4xx caused by the caller are invalid_request_error (429 is
+# `requests`, 401 `authentication_error` in the new API but invalid_request_error in the
+# classic one that SDKs key on); 5xx are server_error.
+INVALID = "invalid_request_error"
+SERVER = "server_error"
+
+
+class ServiceError(Exception):
+    status: int = 500
+    type: str = SERVER
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(ServiceError):
+    status, type, code = 400, INVALID, None
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class AuthenticationFailed(ServiceError):
+    status, type, code = 401, INVALID, "invalid_api_key"
+
+
+class NotFound(ServiceError):
+    status, type, code = 404, INVALID, "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, type, code = 405, INVALID, "method_not_allowed"
+
+
+class PayloadTooLarge(ServiceError):
+    status, type, code = 413, INVALID, "request_too_large"
+
+
+class RateLimited(ServiceError):
+    status, type, code = 429, "requests", "rate_limit_exceeded"
+
+
+class NotImplementedFeature(ServiceError):
+    status, type, code = 501, INVALID, "not_implemented"
+
+
+class Overloaded(ServiceError):
+    status, type, code = 503, SERVER, "server_overloaded"
+
+
+class Unavailable(ServiceError):
+    status, type, code = 503, SERVER, "service_unavailable"
+
+
+class GenerationTimeout(ServiceError):
+    status, type, code = 504, SERVER, "timeout"
+
+
+class EngineFailure(ServiceError):
+    status, type, code = 500, SERVER, "engine_error"
+
+
+def render_json(error: ServiceError) -> bytes:
+    return json.dumps(error.body(), ensure_ascii=False).encode()
+
+
+def render_sse(error: ServiceError) -> str:
+    """The error as the last events of a stream that has already sent its 200 status."""
+    return f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\ndata: [DONE]\n\n"
+
+
+_STATUS_CLASSES: dict[int, type[ServiceError]] = {
+    400: InvalidRequest,
+    401: AuthenticationFailed,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    429: RateLimited,
+    501: NotImplementedFeature,
+    503: Unavailable,
+    504: GenerationTimeout,
+}
+
+_CONTEXT_MARKERS = ("maximum context length", "context length", "max_model_len", "too long")
+
+
+def from_status(status: int, message: str, param: str | None = None) -> ServiceError:
+    """An error from a status and message produced elsewhere (vLLM, Starlette)."""
+    lowered = message.lower()
+    if status == 400 and any(marker in lowered for marker in _CONTEXT_MARKERS):
+        return ContextLengthExceeded(message, param=param)
+    if status == 404 and "model" in lowered:
+        return ModelNotFound(message, param=param or "model")
+    cls = _STATUS_CLASSES.get(status)
+    if cls is not None:
+        return cls(message, param=param)
+    if 400 <= status < 500:
+        return InvalidRequest(message, param=param, status=status)
+    return EngineFailure(message, param=param, status=status)

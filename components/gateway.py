@@ -1,0 +1,70 @@
+"""Late binding between BentoML and our stack.
+
+BentoML needs its ASGI objects when `service.py` is imported (a mounted app, middleware
+classes), but our app and middleware are built at startup, from settings and the running
+engine. A `Gateway` is created empty at import and filled by `install()`; until then the
+mounted app answers 503 and the middleware passes everything through to BentoML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from components.errors import Unavailable, render_json
+
+
+async def _starting(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    body = render_json(Unavailable("The model is still loading; retry shortly.", code="model_loading"))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"5")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self._app: ASGIApp = _starting
+        self._chain: ASGIApp | None = None
+        self._downstream: ASGIApp | None = None
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app BentoML mounts at `/`."""
+        await self._app(scope, receive, send)
+
+    def attach(self, downstream: ASGIApp) -> None:
+        self._downstream = downstream
+
+    def install(self, app: ASGIApp, build_chain: Callable[[ASGIApp], ASGIApp]) -> None:
+        """`build_chain` wraps BentoML's whole app (its probes and /metrics included)."""
+        self._app = app
+        if self._downstream is not None:
+            self._chain = build_chain(self._downstream)
+
+    def uninstall(self) -> None:
+        self._app = _starting
+        self._chain = None
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = self._chain or self._downstream
+        assert target is not None
+        await target(scope, receive, send)
+
+
+class GatewayMiddleware:
+    """Registered with `Service.add_asgi_middleware`; BentoML instantiates it."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway, **_: Any) -> None:
+        self.gateway = gateway
+        gateway.attach(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.gateway.dispatch(scope, receive, send)

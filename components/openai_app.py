@@ -1,0 +1,195 @@
+"""The OpenAI-compatible HTTP surface: routes, model aliases, request limits, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from components.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    ServiceError,
+    from_status,
+    render_json,
+)
+from components.settings import DEFAULT_ALIASES, ApiSettings
+from components.vllm_bridge import OpenAIBridge, Stream, request_models
+
+ChatCompletionRequest, CompletionRequest = request_models()
+
+
+def build_aliases(served: str, configured: dict[str, str]) -> dict[str, str]:
+    """alias -> served name. Defaults map common OpenAI names; MODEL_ALIASES adds or overrides."""
+    aliases = {name: served for name in DEFAULT_ALIASES}
+    for alias, target in configured.items():
+        if target != served:
+            raise ValueError(f"MODEL_ALIASES: {alias!r} points to {target!r}, but the served model is {served!r}")
+        aliases[alias] = target
+    aliases.pop(served, None)
+    return aliases
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Hooks the front door gives the routes: run a generation under admission control."""
+
+    run: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+class ErrorResponse(Response):
+    media_type = "application/json"
+
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(render_json(error), status_code=error.status, headers=error.headers)
+
+
+def _validation_error(exc: RequestValidationError) -> InvalidRequest:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "Invalid request."))
+    if param:
+        message = f"{param}: {message}"
+    return InvalidRequest(message, param=param)
+
+
+def _check_limits(body: Any, limits: ApiSettings) -> None:
+    n = getattr(body, "n", None) or 1
+    if n > limits.max_n:
+        raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
+    messages = getattr(body, "messages", None)
+    if messages is not None and len(messages) > limits.max_messages:
+        raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
+    stop = getattr(body, "stop", None)
+    if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
+        raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
+
+
+async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """Run `work` until done or until the client disconnects; on disconnect cancel it,
+    which closes vLLM's generator and aborts the request in the engine."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise asyncio.CancelledError("client disconnected")
+    return task.result()
+
+
+def build_openai_app(
+    bridge: OpenAIBridge,
+    aliases: dict[str, str],
+    limits: ApiSettings,
+    admission: Admission | None = None,
+) -> FastAPI:
+    app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None)
+    served = bridge.served_name
+    created = int(time.time())
+
+    def resolve_model(body: Any) -> None:
+        name = body.model
+        if name is None or name == served:
+            body.model = served
+        elif name in aliases:
+            body.model = aliases[name]
+        else:
+            raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
+
+    async def generate(body: Any, request: Request, call: Callable[[Any, Request], Awaitable[Any]]) -> Response:
+        resolve_model(body)
+        _check_limits(body, limits)
+        # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
+        body.request_id = uuid.uuid4().hex
+
+        async def work() -> Any:
+            return await call(body, request)
+
+        runner = admission.run if admission else (lambda fn: fn())
+        if getattr(body, "stream", False):
+            result = await runner(work)
+            return StreamingResponse(_sse(result), media_type="text/event-stream")
+        result = await _until_disconnect(request, runner(work))
+        return JSONResponse(result.model_dump(mode="json", exclude_none=False))
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        return await generate(body, request, bridge.chat)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        return await generate(body, request, bridge.completion)
+
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": served}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(served)] + [model_card(a) for a in sorted(aliases)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        if model_id != served and model_id not in aliases:
+            raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+        return model_card(model_id)
+
+    install_error_handlers(app)
+    return app
+
+
+async def _sse(stream: Stream) -> AsyncIterator[str]:
+    try:
+        async for event in stream:
+            yield event
+    finally:
+        await stream.aclose()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def service_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return ErrorResponse(exc)
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return ErrorResponse(_validation_error(exc))
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        if exc.status_code == 404:
+            detail = "Unknown route."
+        return ErrorResponse(from_status(exc.status_code, detail))
+
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        import logging
+
+        logging.getLogger(__name__).exception("unhandled error")
+        return ErrorResponse(ServiceError("The server failed to process the request."))
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

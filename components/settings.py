@@ -1,0 +1,148 @@
+"""Every environment variable the service reads, parsed once into frozen, typed settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_GPU_MODEL = "TheBloke/Mistral-7B-Instruct-v0.2-AWQ"
+DEFAULT_ALIASES = ("gpt-3.5-turbo", "gpt-4", "gpt-4o", "gpt-4o-mini", "text-davinci-003")
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _parse_pairs(value: Any, what: str) -> Any:
+    """`a=b,c=d` (or `a:b`) into a dict; the last `=`/`:` splits, so keys may hold ':'."""
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, str] = {}
+    for item in _split_csv(value):
+        sep = "=" if "=" in item else ":"
+        key, found, val = item.rpartition(sep)
+        if not found or not key.strip() or not val.strip():
+            raise ValueError(f"expected {what}, got {item!r}")
+        pairs[key.strip()] = val.strip()
+    return pairs
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
+
+
+class EngineSettings(_Group):
+    model_path: str | None = Field(None, alias="MODEL_PATH")
+    served_model_name: str | None = Field(None, alias="SERVED_MODEL_NAME")
+    max_model_len: int = Field(4096, alias="MAX_MODEL_LEN", ge=16)
+    gpu_memory_utilization: float = Field(0.9, alias="GPU_MEMORY_UTILIZATION", gt=0, le=1)
+    max_num_seqs: int = Field(32, alias="MAX_NUM_SEQS", ge=1, le=4096)
+    quantization: str | None = Field(None, alias="QUANTIZATION")
+    dtype: str = Field("auto", alias="DTYPE")
+    attention_backend: str = Field("AUTO", alias="VLLM_ATTENTION_BACKEND")
+    swap_space: float | None = Field(None, alias="SWAP_SPACE", ge=0)
+    enforce_eager: bool | None = Field(None, alias="ENFORCE_EAGER")
+    cache_dir: str = Field("/tmp/vllm_cache", alias="VLLM_CACHE_DIR")
+    hf_home: str | None = Field(None, alias="HF_HOME")
+    cpu_kvcache_space_gib: int = Field(1, alias="VLLM_CPU_KVCACHE_SPACE", ge=1)
+    tool_call_parser: str | None = Field(None, alias="TOOL_CALL_PARSER")
+    cuda_visible_devices: str | None = Field(None, alias="CUDA_VISIBLE_DEVICES")
+    trust_remote_code: bool = Field(False, alias="TRUST_REMOTE_CODE")
+    warmup: bool = Field(True, alias="ENGINE_WARMUP")
+
+    @field_validator("quantization", "tool_call_parser", "model_path", "served_model_name")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.strip().upper() or "AUTO"
+
+
+class ApiSettings(_Group):
+    # NoDecode: the raw string reaches the validator instead of being parsed as JSON.
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, alias="MODEL_ALIASES"
+    )
+    max_request_bytes: int = Field(1_048_576, alias="MAX_REQUEST_BYTES", ge=1024)
+    max_n: int = Field(8, alias="MAX_N", ge=1, le=128)
+    max_messages: int = Field(512, alias="MAX_MESSAGES", ge=1)
+    max_stop_sequences: int = Field(16, alias="MAX_STOP_SEQUENCES", ge=0)
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _aliases(cls, value: Any) -> Any:
+        return _parse_pairs(value, "alias=model")
+
+
+class ServerSettings(_Group):
+    port: int = Field(8080, alias="PORT", ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    engine: EngineSettings
+    api: ApiSettings
+    server: ServerSettings
+
+    def redacted(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine.model_dump(),
+            "api": self.api.model_dump(),
+            "server": self.server.model_dump(),
+        }
+
+
+class SettingsError(SystemExit):
+    """Raised with one readable line; as a SystemExit it stops startup without a traceback."""
+
+
+def _describe(group: type[_Group], exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        info = group.model_fields.get(field)
+        name = info.alias if info and info.alias else field
+        raw = os.environ.get(name)
+        shown = f"={raw!r}" if raw is not None and len(raw) < 80 else ""
+        problems.append(f"{name}{shown}: {error['msg']}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def load_settings() -> Settings:
+    groups: dict[str, _Group] = {}
+    for key, group in (("engine", EngineSettings), ("api", ApiSettings), ("server", ServerSettings)):
+        try:
+            groups[key] = group()
+        except ValidationError as exc:
+            message = _describe(group, exc)
+            print(message, file=sys.stderr)
+            raise SettingsError(message) from None
+    return Settings(**groups)  # type: ignore[arg-type]
+
+
+def export_engine_environment(engine: EngineSettings, on_cpu: bool) -> None:
+    """vLLM and Hugging Face read these from the process environment, not from arguments."""
+    os.environ.setdefault("VLLM_CACHE_ROOT", engine.cache_dir)
+    if engine.hf_home:
+        os.environ["HF_HOME"] = engine.hf_home
+    if on_cpu:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
+    # vLLM 0.32 reads VLLM_ATTENTION_BACKEND no more; we pass it as an engine argument.
+    os.environ.pop("VLLM_ATTENTION_BACKEND", None)
+

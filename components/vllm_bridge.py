@@ -1,0 +1,133 @@
+"""The one place that touches vLLM's OpenAI serving layer (internal API, pinned to vLLM 0.32).
+
+It turns vLLM's objects into ours: an `ErrorResponse` or a raised exception becomes a
+`ServiceError`, an error event inside a stream becomes our SSE error event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from components.errors import ServiceError, Unavailable, from_status, render_sse
+
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+    from starlette.requests import Request
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+logger = logging.getLogger(__name__)
+
+# vLLM reports a failure inside a stream as an event of this form.
+_ERROR_PREFIX = 'data: {"error"'
+
+
+def request_models() -> tuple[type, type]:
+    """vLLM's pydantic request models, so that validation matches vLLM's own server."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return ChatCompletionRequest, CompletionRequest
+
+
+def to_service_error(exc: BaseException) -> ServiceError:
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, EngineDeadError):
+        return Unavailable("The inference engine is not running; retry later.", code="engine_dead")
+    if not isinstance(exc, Exception):
+        raise exc
+    response = create_error_response(exc)
+    return _from_error_info(response.error.code, response.error.message, response.error.param)
+
+
+def _from_error_info(status: int, message: str, param: str | None) -> ServiceError:
+    if status >= 500:
+        # vLLM's messages for server faults can hold internals; keep them in the log only.
+        logger.error("engine error %s: %s", status, message)
+        message = "The inference engine failed to process the request."
+    return from_status(int(status), message, param)
+
+
+@dataclass
+class Stream:
+    """An SSE stream from vLLM whose error events have been rewritten into our shape."""
+
+    source: AsyncIterator[str]
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[str]:
+        try:
+            async for event in self.source:
+                if event.startswith(_ERROR_PREFIX):
+                    yield render_sse(_error_from_event(event))
+                    return
+                yield event
+        except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
+            yield render_sse(to_service_error(exc))
+
+    async def aclose(self) -> None:
+        close = getattr(self.source, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _error_from_event(event: str) -> ServiceError:
+    try:
+        info = json.loads(event[len("data: ") :].split("\n", 1)[0])["error"]
+        return _from_error_info(int(info.get("code") or 500), str(info.get("message")), info.get("param"))
+    except (ValueError, KeyError, TypeError):
+        return _from_error_info(500, "malformed error event from the engine", None)
+
+
+class OpenAIBridge:
+    def __init__(self, state: Any, served_name: str, max_model_len: int) -> None:
+        self._state = state
+        self.served_name = served_name
+        self.max_model_len = max_model_len
+
+    @classmethod
+    async def create(cls, engine: AsyncLLM, args: Namespace) -> OpenAIBridge:
+        from starlette.datastructures import State
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+        state = State()
+        tasks = await engine.get_supported_tasks()
+        await init_app_state(engine, state, args, tasks)
+        served = args.served_model_name[0] if args.served_model_name else args.model
+        return cls(state, served, engine.model_config.max_model_len)
+
+    async def chat(self, body: Any, raw_request: Request) -> Any:
+        handler = self._state.openai_serving_chat
+        if handler is None:
+            raise from_status(501, "This model does not support chat completions.")
+        return await self._call(handler.create_chat_completion, body, raw_request)
+
+    async def completion(self, body: Any, raw_request: Request) -> Any:
+        handler = self._state.openai_serving_completion
+        if handler is None:
+            raise from_status(501, "This model does not support completions.")
+        return await self._call(handler.create_completion, body, raw_request)
+
+    async def _call(self, method: Any, body: Any, raw_request: Request) -> Any:
+        """A response model (pydantic), or a `Stream`; raises ServiceError."""
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        try:
+            result = await method(body, raw_request)
+        except Exception as exc:  # noqa: BLE001 - mapped, never a bare 500
+            raise to_service_error(exc) from exc
+        if isinstance(result, ErrorResponse):
+            raise _from_error_info(result.error.code, result.error.message, result.error.param)
+        if hasattr(result, "model_dump"):
+            return result
+        return Stream(result)
