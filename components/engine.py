@@ -26,6 +26,8 @@ _PARSER_BY_FAMILY = (
     ("qwen", "hermes"),
     ("llama-3", "llama3_json"),
     ("llama3", "llama3_json"),
+    # SmolLM2's chat template speaks the Hermes <tool_call> format.
+    ("smollm", "hermes"),
 )
 
 

@@ -65,6 +65,9 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
 def _check_limits(body: Any, limits: ApiSettings) -> None:
     n = getattr(body, "n", None) or 1
     if n > limits.max_n:
@@ -72,6 +75,10 @@ def _check_limits(body: Any, limits: ApiSettings) -> None:
     messages = getattr(body, "messages", None)
     if messages is not None and len(messages) > limits.max_messages:
         raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
+    for index, message in enumerate(messages or ()):
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        if role not in _ROLES:
+            raise InvalidRequest(f"messages[{index}].role must be one of {sorted(_ROLES)}.", param=f"messages.{index}.role")
     stop = getattr(body, "stop", None)
     if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
         raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
@@ -172,8 +179,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ServiceError)
         return ErrorResponse(exc)
 
-    async def validation_error(_: Request, exc: Exception) -> Response:
+    async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        if request.method == "POST" and media_type.lower() != "application/json":
+            return ErrorResponse(
+                InvalidRequest("Content-Type must be application/json.", code="unsupported_media_type")
+            )
         return ErrorResponse(_validation_error(exc))
 
     async def http_error(_: Request, exc: Exception) -> Response:

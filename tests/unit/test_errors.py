@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import json
+
+from components import errors
+
+
+def test_body_has_openai_shape() -> None:
+    body = errors.ModelNotFound("no such model", param="model").body()
+    assert body == {
+        "error": {"message": "no such model", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    }
+
+
+def test_sse_rendering_ends_the_stream() -> None:
+    text = errors.render_sse(errors.Unavailable("gone"))
+    first, done = text.strip().split("\n\n")
+    assert json.loads(first.removeprefix("data: "))["error"]["code"] == "service_unavailable"
+    assert done == "data: [DONE]"
+
+
+def test_from_status_maps_vllm_messages() -> None:
+    assert isinstance(errors.from_status(400, "This model's maximum context length is 4096"), errors.ContextLengthExceeded)
+    assert errors.from_status(404, "The model `x` does not exist.").code == "model_not_found"
+    assert errors.from_status(422, "bad").status == 422
+    assert errors.from_status(400, "bad").type == "invalid_request_error"
+    server = errors.from_status(500, "boom")
+    assert server.status == 500 and server.type == "server_error"
