@@ -6,10 +6,20 @@ import re
 import uuid
 from typing import Any
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from components.auth import AuthMiddleware, KeyStore
+from components.errors import PayloadTooLarge, ServiceError
+from components.ratelimit import RateLimiter, Window
+from components.responses import send_error
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+LIMITED_PREFIX = "/v1/"
+RATE_LIMIT_HEADERS = [
+    f"x-ratelimit-{what}-{kind}" for kind in ("requests", "tokens") for what in ("limit", "remaining", "reset")
+]
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -57,7 +67,126 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def install_middleware(app: ASGIApp, **components: Any) -> ASGIApp:
-    """The front door, outermost first: request id."""
-    app = RequestIdMiddleware(app)
-    return app
+class BodyLimitMiddleware:
+    """413 for bodies over `max_bytes`, by Content-Length or by counting a chunked body.
+
+    The body is read here, up to the limit, and replayed downstream: the routes need all of
+    it anyway (JSON), and refusing before the app starts is the only clean way to 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await send_error(send, too_large)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client disconnected before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await send_error(send, too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class RateLimitMiddleware:
+    """Per-key (or per-IP without keys), global and token limits on /v1/ routes, with
+    OpenAI's x-ratelimit-* headers on every response of those routes."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PREFIX) or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        identity = state.get("key_id")
+        if identity is None:
+            client = scope.get("client")
+            identity = f"ip:{client[0] if client else 'unknown'}"
+        try:
+            windows = await self.limiter.admit(identity)
+        except ServiceError as error:
+            state["error_type"] = error.code
+            await send_error(send, error)
+            return
+        extra = [header for window in windows for header in window.headers()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and extra:
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            usage = state.get("usage") or {}
+            tokens = int(usage.get("total_tokens") or 0)
+            if tokens:
+                await self.limiter.charge_tokens(identity, tokens)
+
+
+def install_middleware(
+    app: ASGIApp,
+    *,
+    keys: KeyStore,
+    limiter: RateLimiter,
+    cors_origins: tuple[str, ...],
+    max_request_bytes: int,
+    protect_metrics: bool = False,
+    outer: list[Any] | None = None,
+) -> ASGIApp:
+    """The front door. Outermost first:
+
+    request id -> (outer: access log, metrics) -> CORS -> auth -> rate limit -> body limit -> app
+
+    CORS sits outside auth and the limiter so that their 401/429 carry CORS headers too
+    (browsers hide responses without them). Auth and the limiter come before the body
+    limit, so that a refused request is refused without reading its body.
+    """
+    app = BodyLimitMiddleware(app, max_request_bytes)
+    app = RateLimitMiddleware(app, limiter)
+    app = AuthMiddleware(app, keys, protect_metrics=protect_metrics)
+    allow_all = cors_origins == ("*",)
+    app = CORSMiddleware(
+        app,
+        allow_origins=list(cors_origins),
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "openai-organization", "openai-project"],
+        expose_headers=["x-request-id", "retry-after", "retry-after-ms", *RATE_LIMIT_HEADERS],
+        # Credentials never with "*": browsers would send cookies to any origin.
+        allow_credentials=not allow_all,
+        max_age=600,
+    )
+    for wrapper in reversed(outer or []):
+        app = wrapper(app)
+    return RequestIdMiddleware(app)
+
+
+__all__ = ["Window", "install_middleware", "request_id_of"]

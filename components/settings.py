@@ -83,6 +83,50 @@ class ApiSettings(_Group):
         return _parse_pairs(value, "alias=model")
 
 
+class AuthSettings(_Group):
+    # Keys are secrets: repr=False keeps them out of reprs, logs and /debug/runtime.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), alias="API_KEYS", repr=False)
+    protect_metrics: bool = Field(False, alias="PROTECT_METRICS")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        return tuple(_split_csv(value)) if isinstance(value, str) else value
+
+
+class LimitSettings(_Group):
+    default_rate_limit: int = Field(60, alias="DEFAULT_RATE_LIMIT", ge=0)
+    # Fractions allowed (0.25 = 15 s); the window is rounded to whole seconds.
+    window_minutes: float = Field(1, alias="RATE_LIMIT_WINDOW_MINUTES", ge=1 / 60, le=1440)
+    api_key_limits: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, alias="API_KEY_LIMITS", repr=False
+    )
+    global_rate_limit: int = Field(0, alias="GLOBAL_RATE_LIMIT", ge=0)
+    tokens_per_minute: int = Field(0, alias="TOKENS_PER_MINUTE_LIMIT", ge=0)
+    storage_uri: str = Field("memory://", alias="RATE_LIMIT_STORAGE_URI", repr=False)
+    fail_open: bool = Field(True, alias="RATE_LIMIT_FAIL_OPEN")
+    storage_timeout_s: float = Field(0.5, alias="RATE_LIMIT_STORAGE_TIMEOUT", gt=0, le=30)
+    max_queue_size: int = Field(50, alias="MAX_QUEUE_SIZE", ge=0)
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), alias="CORS_ORIGINS")
+
+    @field_validator("api_key_limits", mode="before")
+    @classmethod
+    def _key_limits(cls, value: Any) -> Any:
+        return _parse_pairs(value, "key:limit")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        return tuple(_split_csv(value)) if isinstance(value, str) else value
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+            raise ValueError("expected memory:// or redis://host:port[/db]")
+        return value
+
+
 class ServerSettings(_Group):
     port: int = Field(8080, alias="PORT", ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
@@ -98,14 +142,29 @@ class Settings(BaseModel):
 
     engine: EngineSettings
     api: ApiSettings
+    auth: AuthSettings
+    limits: LimitSettings
     server: ServerSettings
 
     def redacted(self) -> dict[str, Any]:
+        """For /debug/runtime: secrets replaced by counts or a marker."""
+        limits = self.limits.model_dump()
+        limits["api_key_limits"] = f"<{len(self.limits.api_key_limits)} keys>"
+        limits["storage_uri"] = _redact_uri(self.limits.storage_uri)
         return {
             "engine": self.engine.model_dump(),
             "api": self.api.model_dump(),
+            "auth": {"api_keys": f"<{len(self.auth.api_keys)} keys>", "protect_metrics": self.auth.protect_metrics},
+            "limits": limits,
             "server": self.server.model_dump(),
         }
+
+
+def _redact_uri(uri: str) -> str:
+    scheme, sep, rest = uri.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
 
 
 class SettingsError(SystemExit):
@@ -119,14 +178,21 @@ def _describe(group: type[_Group], exc: ValidationError) -> str:
         info = group.model_fields.get(field)
         name = info.alias if info and info.alias else field
         raw = os.environ.get(name)
-        shown = f"={raw!r}" if raw is not None and len(raw) < 80 else ""
+        secret = info is not None and info.repr is False
+        shown = f"={raw!r}" if raw is not None and len(raw) < 80 and not secret else ""
         problems.append(f"{name}{shown}: {error['msg']}")
     return "invalid setting " + "; ".join(problems)
 
 
 def load_settings() -> Settings:
     groups: dict[str, _Group] = {}
-    for key, group in (("engine", EngineSettings), ("api", ApiSettings), ("server", ServerSettings)):
+    for key, group in (
+        ("engine", EngineSettings),
+        ("api", ApiSettings),
+        ("auth", AuthSettings),
+        ("limits", LimitSettings),
+        ("server", ServerSettings),
+    ):
         try:
             groups[key] = group()
         except ValidationError as exc:

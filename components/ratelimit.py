@@ -1,0 +1,167 @@
+"""Request and token rate limits with the `limits` library, in memory or shared through Redis.
+
+Requests use the moving-window strategy: it keeps each hit's timestamp, so no window edge
+lets a double burst through and the count is exact across replicas sharing one Redis.
+Tokens use the sliding-window counter: a moving window stores one entry per unit of cost,
+far too many for token counts; the counter's weighted estimate is close enough for TPM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+
+from components.auth import key_id
+from components.errors import RateLimited, Unavailable
+from components.settings import LimitSettings
+
+logger = logging.getLogger(__name__)
+
+
+def openai_duration(seconds: float) -> str:
+    """OpenAI's x-ratelimit-reset-* format: 1s, 6m0s, 1h2m3s, 250ms."""
+    if seconds < 1:
+        return f"{max(0, int(seconds * 1000))}ms"
+    total = math.ceil(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+@dataclass(frozen=True)
+class Window:
+    kind: str  # "requests" or "tokens"
+    limit: int
+    remaining: int
+    reset_s: float
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (f"x-ratelimit-limit-{self.kind}".encode(), str(self.limit).encode()),
+            (f"x-ratelimit-remaining-{self.kind}".encode(), str(max(0, self.remaining)).encode()),
+            (f"x-ratelimit-reset-{self.kind}".encode(), openai_duration(self.reset_s).encode()),
+        ]
+
+
+def rejection(window: Window, message: str) -> RateLimited:
+    retry = max(window.reset_s, 0.001)
+    return RateLimited(
+        message,
+        headers={"retry-after": str(math.ceil(retry)), "retry-after-ms": str(math.ceil(retry * 1000))},
+    )
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        settings: LimitSettings,
+        on_storage_error: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        uri = "async+" + settings.storage_uri
+        options: dict[str, float | str | bool] = {"wrap_exceptions": True}
+        if not settings.storage_uri.startswith("memory://"):
+            options.update(
+                implementation="redispy",
+                socket_timeout=settings.storage_timeout_s,
+                socket_connect_timeout=settings.storage_timeout_s,
+            )
+        self.storage = storage_from_string(uri, **options)
+        self._requests = MovingWindowRateLimiter(self.storage)
+        self._tokens = SlidingWindowCounterRateLimiter(self.storage)
+        self.window_s = max(1, round(settings.window_minutes * 60))
+        self.default_limit = settings.default_rate_limit
+        # Keys are only held as ids: API_KEY_LIMITS names raw keys, we keep their digests.
+        self.key_limits = {key_id(key): limit for key, limit in settings.api_key_limits.items()}
+        self.global_limit = settings.global_rate_limit
+        self.tokens_per_minute = settings.tokens_per_minute
+        self.fail_open = settings.fail_open
+        self.timeout_s = settings.storage_timeout_s * 2
+        self.backend = settings.storage_uri.split("://", 1)[0]
+        self._on_storage_error = on_storage_error or (lambda: None)
+        self._clock = clock
+
+    def limit_for(self, identity: str) -> int:
+        return self.key_limits.get(identity, self.default_limit)
+
+    def _item(self, limit: int, seconds: int) -> RateLimitItem:
+        return RateLimitItemPerSecond(limit, seconds)
+
+    async def _guard(self, operation):  # type: ignore[no-untyped-def]
+        """Storage calls never hang and never surface as a 500: fail open or closed."""
+        try:
+            return await asyncio.wait_for(operation, self.timeout_s)
+        except (StorageError, asyncio.TimeoutError, OSError) as exc:
+            self._on_storage_error()
+            logger.error("rate-limit storage (%s) unavailable: %s", self.backend, type(exc).__name__)
+            if self.fail_open:
+                return None
+            raise Unavailable("Rate limiting is unavailable; retry later.", code="rate_limiter_unavailable",
+                              headers={"retry-after": "1"}) from None
+
+    async def _hit(self, kind: str, limit: int, identity: str, message: str) -> Window | None:
+        item = self._item(limit, self.window_s)
+        allowed = await self._guard(self._requests.hit(item, kind, identity))
+        if allowed is None:
+            return None
+        stats = await self._guard(self._requests.get_window_stats(item, kind, identity))
+        reset = max(0.0, stats.reset_time - self._clock()) if stats else float(self.window_s)
+        window = Window("requests", limit, stats.remaining if stats else 0, reset)
+        if not allowed:
+            raise rejection(window, message)
+        return window
+
+    async def admit(self, identity: str) -> list[Window]:
+        """Count one request; raise RateLimited (with headers) when over a limit."""
+        windows: list[Window] = []
+        limit = self.limit_for(identity)
+        if limit > 0:
+            window = await self._hit("req", limit, identity, f"Rate limit reached: {limit} requests per {openai_duration(self.window_s)}.")
+            if window:
+                windows.append(window)
+        if self.global_limit > 0:
+            await self._hit("global", self.global_limit, "all", "The service's global rate limit is reached.")
+        if self.tokens_per_minute > 0:
+            item = self._item(self.tokens_per_minute, 60)
+            stats = await self._guard(self._tokens.get_window_stats(item, "tok", identity))
+            if stats is not None:
+                window = Window("tokens", self.tokens_per_minute, stats.remaining,
+                                max(0.0, stats.reset_time - self._clock()))
+                if stats.remaining <= 0:
+                    raise rejection(window, f"Token rate limit reached: {self.tokens_per_minute} tokens per minute.")
+                windows.append(window)
+        return windows
+
+    async def charge_tokens(self, identity: str, tokens: int) -> None:
+        if self.tokens_per_minute <= 0 or tokens <= 0:
+            return
+        item = self._item(self.tokens_per_minute, 60)
+        # Charged after the fact with the exact usage. `limits` refuses a hit that would
+        # overshoot (and then counts nothing), so an overshoot just fills the window.
+        if await self._guard(self._tokens.hit(item, "tok", identity, cost=tokens)) is False:
+            stats = await self._guard(self._tokens.get_window_stats(item, "tok", identity))
+            if stats is not None and stats.remaining > 0:
+                await self._guard(self._tokens.hit(item, "tok", identity, cost=stats.remaining))
+
+    async def close(self) -> None:
+        # Only the redis-py storage holds a connection pool worth closing.
+        pool = getattr(getattr(self.storage, "bridge", None), "storage", None)
+        close = getattr(pool, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - shutdown must go on
+                logger.debug("closing rate-limit storage failed", exc_info=True)
