@@ -12,7 +12,7 @@ export BENTOML_CONFIG ?= $(CURDIR)/configuration.yaml
 export BENTOML_HOME ?= $(CURDIR)/build/bentoml
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: install serve test test-unit test-integration lock-cpu lint build health-check metrics clean
+.PHONY: install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
 
 $(VENV)-uv/bin/uv:
 	python3 -m venv $(VENV)-uv && $(VENV)-uv/bin/pip install -q uv
@@ -26,6 +26,10 @@ $(VENV)/.installed: requirements/cpu.lock | $(UV)
 
 install: $(VENV)/.installed
 
+# The integration tests start a real redis-server (Debian's package).
+system-deps:
+	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+
 lock-cpu: | $(UV)
 	$(UV) pip compile requirements/cpu.in --python-version 3.11 $(TORCH_SOURCE) \
 	  --excludes requirements/excludes.txt --index-strategy unsafe-best-match -o requirements/cpu.lock
@@ -33,13 +37,13 @@ lock-cpu: | $(UV)
 serve: install
 	$(VENV)/bin/bentoml serve service:LLMService --port $(PORT)
 
-test: install
+test: install system-deps
 	$(PY) -m pytest tests -q
 
 test-unit: install
 	$(PY) -m pytest tests/unit -q
 
-test-integration: install
+test-integration: install system-deps
 	$(PY) -m pytest tests/integration -q
 
 build: install

@@ -7,7 +7,6 @@ import logging
 import bentoml
 
 from components.gateway import Gateway, GatewayMiddleware
-from components.middleware import install_middleware
 
 logger = logging.getLogger("service")
 
@@ -34,14 +33,14 @@ class LLMService:
         from components.runtime import Runtime
 
         self.runtime = await Runtime.start(self.settings)
-        gateway.install(self.runtime.app, lambda downstream: install_middleware(downstream))
+        gateway.install(self.runtime.app, self.runtime.front_door)
         logger.info("service ready")
 
     @bentoml.on_shutdown
     async def stop(self) -> None:
         gateway.uninstall()
         if self.runtime is not None:
-            self.runtime.shutdown()
+            await self.runtime.shutdown()
 
     async def __is_ready__(self) -> bool:
         return self.runtime is not None and self.runtime.ready

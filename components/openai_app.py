@@ -6,7 +6,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,10 +20,11 @@ from components.errors import (
     from_status,
     render_json,
 )
+from components.admission import Admission, Slot
 from components.settings import DEFAULT_ALIASES, ApiSettings
 from components.vllm_bridge import OpenAIBridge, Stream, request_models
 
-ChatCompletionRequest, CompletionRequest = request_models()
+ChatCompletionRequest, CompletionRequest, StreamOptions = request_models()
 
 
 def build_aliases(served: str, configured: dict[str, str]) -> dict[str, str]:
@@ -36,13 +36,6 @@ def build_aliases(served: str, configured: dict[str, str]) -> dict[str, str]:
         aliases[alias] = target
     aliases.pop(served, None)
     return aliases
-
-
-@dataclass(frozen=True)
-class Admission:
-    """Hooks the front door gives the routes: run a generation under admission control."""
-
-    run: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
 class ErrorResponse(Response):
@@ -110,7 +103,7 @@ def build_openai_app(
     bridge: OpenAIBridge,
     aliases: dict[str, str],
     limits: ApiSettings,
-    admission: Admission | None = None,
+    admission: Admission,
 ) -> FastAPI:
     app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None)
     served = bridge.served_name
@@ -130,16 +123,36 @@ def build_openai_app(
         _check_limits(body, limits)
         # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
         body.request_id = uuid.uuid4().hex
+        state = request.scope.setdefault("state", {})
+        state["model"] = body.model
+        streaming = bool(getattr(body, "stream", False))
+        forward_usage = True
+        if streaming:
+            # Always ask vLLM for the usage chunk (exact token accounting); pass it on
+            # only if the client asked for it.
+            forward_usage = bool(body.stream_options and body.stream_options.include_usage)
+            body.stream_options = StreamOptions(
+                include_usage=True,
+                continuous_usage_stats=bool(body.stream_options and body.stream_options.continuous_usage_stats),
+            )
 
-        async def work() -> Any:
-            return await call(body, request)
-
-        runner = admission.run if admission else (lambda fn: fn())
-        if getattr(body, "stream", False):
-            result = await runner(work)
-            return StreamingResponse(_sse(result), media_type="text/event-stream")
-        result = await _until_disconnect(request, runner(work))
-        return JSONResponse(result.model_dump(mode="json", exclude_none=False))
+        slot = await _until_disconnect(request, admission.acquire())
+        if not streaming:
+            try:
+                result = await _until_disconnect(request, call(body, request))
+            finally:
+                slot.release()
+            state["usage"] = result.usage.model_dump() if getattr(result, "usage", None) else None
+            state["finish_reason"] = _finish_reason(result)
+            return JSONResponse(result.model_dump(mode="json"))
+        try:
+            stream = await call(body, request)
+        except BaseException:
+            slot.release()
+            raise
+        stream.forward_usage = forward_usage
+        # The slot is held until the stream ends: the engine works until then.
+        return StreamingResponse(_sse(stream, slot, state), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
@@ -166,12 +179,23 @@ def build_openai_app(
     return app
 
 
-async def _sse(stream: Stream) -> AsyncIterator[str]:
+def _finish_reason(result: Any) -> str | None:
+    choices = getattr(result, "choices", None) or []
+    return getattr(choices[0], "finish_reason", None) if choices else None
+
+
+async def _sse(stream: Stream, slot: Slot, state: dict[str, Any]) -> AsyncIterator[str]:
     try:
         async for event in stream:
             yield event
     finally:
+        # Runs on completion and on client disconnect (Starlette cancels the response):
+        # closing vLLM's generator aborts the request in the engine.
+        slot.release()
         await stream.aclose()
+        state["usage"] = stream.usage
+        if stream.error is not None:
+            state["error_type"] = stream.error.code
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from components import bundled_model, engine as engine_mod
+from components.admission import Admission
+from components.auth import KeyStore
 from components.engine import EngineSpec
+from components.middleware import install_middleware
+from components.ratelimit import RateLimiter
 from components.settings import Settings, export_engine_environment
 
 if TYPE_CHECKING:
@@ -32,6 +36,9 @@ class Runtime:
     engine: Any
     bridge: OpenAIBridge
     app: FastAPI
+    admission: Admission
+    limiter: RateLimiter
+    keys: KeyStore
     started_at: float = field(default_factory=time.time)
     ready: bool = False
 
@@ -39,6 +46,12 @@ class Runtime:
     async def start(cls, settings: Settings) -> Runtime:
         from components.openai_app import build_aliases, build_openai_app
         from components.vllm_bridge import OpenAIBridge
+
+        keys = KeyStore.from_keys(settings.auth.api_keys)
+        if not keys.enabled:
+            logger.warning("API_KEYS is empty: authentication is DISABLED, anyone who reaches the port can use the API")
+        limiter = RateLimiter(settings.limits)
+        admission = Admission(settings.engine.max_num_seqs, settings.limits.max_queue_size)
 
         spec = engine_mod.resolve_spec(settings.engine, gpu_count())
         export_engine_environment(settings.engine, on_cpu=not spec.on_gpu)
@@ -57,8 +70,8 @@ class Runtime:
         engine = await engine_mod.start_engine(args)
         try:
             bridge = await OpenAIBridge.create(engine, args)
-            app = build_openai_app(bridge, aliases, settings.api)
-            runtime = cls(settings, spec, engine, bridge, app)
+            app = build_openai_app(bridge, aliases, settings.api, admission)
+            runtime = cls(settings, spec, engine, bridge, app, admission, limiter, keys)
             if settings.engine.warmup:
                 await engine_mod.warm_up(engine)
         except BaseException:
@@ -67,6 +80,18 @@ class Runtime:
         runtime.ready = True
         return runtime
 
-    def shutdown(self) -> None:
+    def front_door(self, downstream: Any) -> Any:
+        """The middleware around BentoML's whole app (probes and /metrics included)."""
+        return install_middleware(
+            downstream,
+            keys=self.keys,
+            limiter=self.limiter,
+            cors_origins=self.settings.limits.cors_origins,
+            max_request_bytes=self.settings.api.max_request_bytes,
+            protect_metrics=self.settings.auth.protect_metrics,
+        )
+
+    async def shutdown(self) -> None:
         self.ready = False
         engine_mod.shutdown_engine(self.engine)
+        await self.limiter.close()

@@ -24,14 +24,16 @@ logger = logging.getLogger(__name__)
 
 # vLLM reports a failure inside a stream as an event of this form.
 _ERROR_PREFIX = 'data: {"error"'
+_USAGE_MARKER = '"usage":{'
 
 
-def request_models() -> tuple[type, type]:
+def request_models() -> tuple[type, type, type]:
     """vLLM's pydantic request models, so that validation matches vLLM's own server."""
+    from vllm.entrypoints.generate.base.protocol import StreamOptions
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-    return ChatCompletionRequest, CompletionRequest
+    return ChatCompletionRequest, CompletionRequest, StreamOptions
 
 
 def to_service_error(exc: BaseException) -> ServiceError:
@@ -58,9 +60,16 @@ def _from_error_info(status: int, message: str, param: str | None) -> ServiceErr
 
 @dataclass
 class Stream:
-    """An SSE stream from vLLM whose error events have been rewritten into our shape."""
+    """An SSE stream from vLLM whose error events have been rewritten into our shape.
+
+    It records the usage chunk (the routes always ask vLLM for one, for exact token
+    accounting) and drops it when the client did not ask for it.
+    """
 
     source: AsyncIterator[str]
+    forward_usage: bool = True
+    usage: dict[str, Any] | None = None
+    error: ServiceError | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._events()
@@ -69,11 +78,26 @@ class Stream:
         try:
             async for event in self.source:
                 if event.startswith(_ERROR_PREFIX):
-                    yield render_sse(_error_from_event(event))
+                    self.error = _error_from_event(event)
+                    yield render_sse(self.error)
                     return
+                if _USAGE_MARKER in event and self._take_usage(event) and not self.forward_usage:
+                    continue
                 yield event
         except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
-            yield render_sse(to_service_error(exc))
+            self.error = to_service_error(exc)
+            yield render_sse(self.error)
+
+    def _take_usage(self, event: str) -> bool:
+        """True when `event` is the usage-only chunk (no choices)."""
+        try:
+            chunk = json.loads(event[len("data: ") :])
+        except ValueError:
+            return False
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
+        return bool(usage) and not chunk.get("choices")
 
     async def aclose(self) -> None:
         close = getattr(self.source, "aclose", None)

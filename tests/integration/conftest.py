@@ -1,19 +1,79 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
+import redis
 
-from tests.integration.server import Server, start_server
+from tests.integration.server import Server, free_port, start_server
+
+MAIN_KEY = "sk-test-main-4f1c9a"
+LIMITED_KEY = "sk-test-limited-77b2e0"
+TOKENS_KEY = "sk-test-tokens-a93d11"
+RETRY_KEY = "sk-test-retry-5c8e42"
+SHARED_KEY = "sk-test-shared-0d6b31"
+ALL_KEYS = (MAIN_KEY, LIMITED_KEY, TOKENS_KEY, RETRY_KEY, SHARED_KEY)
+LIMITED_N = 3
+WINDOW_MINUTES = 0.25  # 15 s windows keep the retry test short
+TOKENS_PER_MINUTE = 100_000
+MAX_NUM_SEQS = 4
+MAX_QUEUE_SIZE = 4
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, stopped by its PID at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (make test installs it with apt-get)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def main_server_env(redis_url: str) -> dict[str, str]:
+    return {
+        "MAX_NUM_SEQS": str(MAX_NUM_SEQS),
+        "MAX_QUEUE_SIZE": str(MAX_QUEUE_SIZE),
+        "API_KEYS": ",".join(ALL_KEYS),
+        "API_KEY_LIMITS": f"{MAIN_KEY}:100000,{LIMITED_KEY}:{LIMITED_N},{RETRY_KEY}:1,{TOKENS_KEY}:1000,{SHARED_KEY}:{LIMITED_N}",
+        "DEFAULT_RATE_LIMIT": "50",
+        "RATE_LIMIT_WINDOW_MINUTES": str(WINDOW_MINUTES),
+        "TOKENS_PER_MINUTE_LIMIT": str(TOKENS_PER_MINUTE),
+        "RATE_LIMIT_STORAGE_URI": redis_url,
+        "CORS_ORIGINS": "https://app.example.com",
+        "MAX_REQUEST_BYTES": "65536",
+    }
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
     """One real service (bentoml serve + vLLM + the bundled model) for the whole session."""
     log_dir: Path = tmp_path_factory.mktemp("server")
-    srv = start_server(log_dir, env={"MAX_NUM_SEQS": "8"})
+    srv = start_server(log_dir, env=main_server_env(redis_url))
     try:
         srv.wait_ready()
         yield srv
@@ -23,7 +83,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=MAIN_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def auth() -> dict[str, str]:
+    return {"authorization": f"Bearer {MAIN_KEY}"}
+
+
+@pytest.fixture(scope="session")
+def http(server: Server, auth: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -49,9 +49,9 @@ def test_chat_stream_ends_with_usage_and_done(client: openai.OpenAI, served_mode
     assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 1
 
 
-def test_raw_stream_is_sse_terminated_by_done(server) -> None:
+def test_raw_stream_is_sse_terminated_by_done(http: httpx.Client) -> None:
     body = {"messages": FRANCE, "max_tokens": 5, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
@@ -171,25 +171,23 @@ BAD_BODIES = [
 
 
 @pytest.mark.parametrize(("body", "content_type"), BAD_BODIES)
-def test_bad_chat_bodies_get_openai_shaped_4xx(server, body: bytes, content_type: str) -> None:
-    response = httpx.post(
-        f"{server.url}/v1/chat/completions", content=body, headers={"content-type": content_type}, timeout=60
-    )
+def test_bad_chat_bodies_get_openai_shaped_4xx(http: httpx.Client, body: bytes, content_type: str) -> None:
+    response = http.post("/v1/chat/completions", content=body, headers={"content-type": content_type})
     assert 400 <= response.status_code < 500, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
 
 
-def test_unknown_route_and_wrong_method_are_openai_shaped(server) -> None:
-    missing = httpx.get(f"{server.url}/v1/nope", timeout=10)
+def test_unknown_route_and_wrong_method_are_openai_shaped(http: httpx.Client) -> None:
+    missing = http.get("/v1/nope")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
-    wrong = httpx.delete(f"{server.url}/v1/models", timeout=10)
+    wrong = http.delete("/v1/models")
     assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_request_id_is_returned_and_client_value_kept(server) -> None:
-    mine = httpx.get(f"{server.url}/v1/models", headers={"x-request-id": "abc-123"}, timeout=10)
+def test_request_id_is_returned_and_client_value_kept(http: httpx.Client) -> None:
+    mine = http.get("/v1/models", headers={"x-request-id": "abc-123"})
     assert mine.headers["x-request-id"] == "abc-123"
-    generated = httpx.get(f"{server.url}/v1/models", headers={"x-request-id": "bad id;x"}, timeout=10)
+    generated = http.get("/v1/models", headers={"x-request-id": "bad id;x"})
     assert generated.headers["x-request-id"] != "bad id;x" and len(generated.headers["x-request-id"]) == 32

@@ -1,0 +1,194 @@
+"""API keys, rate limits (shared through a real Redis), admission, body limits and CORS,
+against the real service."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import (
+    ALL_KEYS,
+    LIMITED_KEY,
+    LIMITED_N,
+    MAIN_KEY,
+    MAX_NUM_SEQS,
+    MAX_QUEUE_SIZE,
+    RETRY_KEY,
+    SHARED_KEY,
+    TOKENS_KEY,
+    TOKENS_PER_MINUTE,
+    WINDOW_MINUTES,
+)
+from tests.integration.frontdoor import front_door, get_models
+from tests.integration.server import free_port
+
+FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+def openai_client(server, key: str, retries: int = 0) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=retries, timeout=120)
+
+
+def test_missing_and_wrong_keys_get_401_invalid_api_key(server) -> None:
+    with pytest.raises(openai.AuthenticationError) as info:
+        openai_client(server, "sk-wrong-key-0000").models.list()
+    assert info.value.status_code == 401
+    assert info.value.body["code"] == "invalid_api_key"
+    assert info.value.body["type"] == "invalid_request_error"
+    # The SDK refuses to send no key at all: a plain request does.
+    missing = httpx.get(f"{server.url}/v1/models", timeout=10)
+    assert missing.status_code == 401
+    assert missing.json()["error"] == {
+        "message": missing.json()["error"]["message"],
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+
+
+def test_good_key_by_bearer_and_by_x_api_key(server) -> None:
+    assert openai_client(server, MAIN_KEY).models.list().data
+    response = httpx.get(f"{server.url}/v1/models", headers={"x-api-key": MAIN_KEY}, timeout=10)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/healthz", "/metrics"])
+def test_probes_and_metrics_are_open(server, path: str) -> None:
+    assert httpx.get(f"{server.url}{path}", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/chat/completions", "/v1/nope", "/debug/runtime", "/"])
+def test_everything_else_needs_a_key(server, path: str) -> None:
+    response = httpx.post(f"{server.url}{path}", json={}, timeout=10)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_cors_preflight_needs_no_key_and_errors_carry_cors_headers(server) -> None:
+    origin = "https://app.example.com"
+    preflight = httpx.options(
+        f"{server.url}/v1/chat/completions",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == origin
+    denied = httpx.get(f"{server.url}/v1/models", headers={"origin": origin}, timeout=10)
+    assert denied.status_code == 401
+    assert denied.headers["access-control-allow-origin"] == origin
+    exposed = denied.headers["access-control-expose-headers"].lower()
+    assert "x-request-id" in exposed and "x-ratelimit-remaining-requests" in exposed
+    other = httpx.get(f"{server.url}/v1/models", headers={"origin": "https://evil.example"}, timeout=10)
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_per_key_limit_admits_exactly_n_with_openai_headers(server) -> None:
+    headers = {"authorization": f"Bearer {LIMITED_KEY}"}
+    remaining = []
+    for _ in range(LIMITED_N):
+        ok = httpx.get(f"{server.url}/v1/models", headers=headers, timeout=10)
+        assert ok.status_code == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == str(LIMITED_N)
+        assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+        remaining.append(int(ok.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == list(range(LIMITED_N - 1, -1, -1))
+    refused = httpx.get(f"{server.url}/v1/models", headers=headers, timeout=10)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) <= WINDOW_MINUTES * 60
+    assert refused.headers["x-request-id"]
+
+
+def test_sdk_retry_honours_retry_after(server) -> None:
+    first = openai_client(server, RETRY_KEY).models.list()
+    assert first.data
+    started = time.monotonic()
+    # The second call is refused (limit 1 per window); the SDK waits retry-after and succeeds.
+    again = openai_client(server, RETRY_KEY, retries=2).models.list()
+    assert again.data
+    assert time.monotonic() - started >= 1.0
+
+
+def test_token_limit_headers_move_by_exact_usage(server) -> None:
+    client = openai_client(server, TOKENS_KEY)
+    first = client.chat.completions.with_raw_response.create(messages=FRANCE, model="gpt-4", max_tokens=5, temperature=0)
+    usage = first.parse().usage.total_tokens
+    assert first.headers["x-ratelimit-limit-tokens"] == str(TOKENS_PER_MINUTE)
+    before = int(first.headers["x-ratelimit-remaining-tokens"])
+    second = client.models.with_raw_response.list()
+    after = int(second.headers["x-ratelimit-remaining-tokens"])
+    # The sliding-window counter weighs the previous minute: exact within one minute,
+    # off by at most one token-weighting step across a minute boundary.
+    assert abs((before - after) - usage) <= 1 + usage // 20
+
+
+def test_two_instances_sharing_redis_admit_the_limit_once(server, redis_url: str) -> None:
+    """The real service and a second front door in-process share one Redis."""
+    with front_door(
+        ALL_KEYS,
+        API_KEY_LIMITS=f"{SHARED_KEY}:{LIMITED_N}",
+        RATE_LIMIT_STORAGE_URI=redis_url,
+        RATE_LIMIT_WINDOW_MINUTES=str(WINDOW_MINUTES),
+    ) as second:
+        statuses = [get_models(server.url if i % 2 == 0 else second, SHARED_KEY).status_code for i in range(3 * LIMITED_N)]
+    assert statuses.count(200) == LIMITED_N, statuses
+    assert statuses.count(429) == 2 * LIMITED_N, statuses
+
+
+def test_unreachable_redis_fails_open_by_default_and_closed_when_set() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with front_door((MAIN_KEY,), RATE_LIMIT_STORAGE_URI=dead, DEFAULT_RATE_LIMIT="1") as url:
+        started = time.monotonic()
+        statuses = [get_models(url, MAIN_KEY).status_code for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        assert time.monotonic() - started < 10
+    with front_door((MAIN_KEY,), RATE_LIMIT_STORAGE_URI=dead, RATE_LIMIT_FAIL_OPEN="false") as url:
+        refused = get_models(url, MAIN_KEY)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "rate_limiter_unavailable"
+        assert refused.headers["retry-after"]
+
+
+def test_queue_overflow_gets_503_at_once_and_admitted_streams_complete(server) -> None:
+    burst = 4 * (MAX_NUM_SEQS + MAX_QUEUE_SIZE)
+    body = {"model": "gpt-4", "messages": FRANCE, "max_tokens": 48, "stream": True, "ignore_eos": True}
+    headers = {"authorization": f"Bearer {MAIN_KEY}"}
+
+    def one(_: int) -> tuple[int, str, dict[str, str], float]:
+        started = time.monotonic()
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=300) as r:
+            text = "".join(r.iter_text())
+            return r.status_code, text, dict(r.headers), time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(burst) as pool:
+        results = list(pool.map(one, range(burst)))
+    admitted = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] == 503]
+    assert len(admitted) + len(refused) == burst, [r[0] for r in results]
+    assert refused, "a burst beyond MAX_NUM_SEQS + MAX_QUEUE_SIZE must be refused in part"
+    assert len(admitted) >= MAX_NUM_SEQS + MAX_QUEUE_SIZE
+    for status, text, headers_, elapsed in refused:
+        assert '"server_overloaded"' in text and headers_["retry-after"]
+    slowest_refusal = max(r[3] for r in refused)
+    fastest_completion = min(r[3] for r in admitted)
+    assert slowest_refusal < fastest_completion
+    for _, text, _, _ in admitted:
+        assert text.rstrip().endswith("data: [DONE]")
+        assert '"finish_reason":"length"' in text
+
+
+def test_oversized_body_is_413(server) -> None:
+    big = {"model": "gpt-4", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions", json=big, headers={"authorization": f"Bearer {MAIN_KEY}"}, timeout=30
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
