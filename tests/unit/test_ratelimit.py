@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from components.errors import RateLimited
+from components.ratelimit import RateLimiter, openai_duration
+from components.settings import LimitSettings
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.25, "250ms"), (1, "1s"), (59.2, "1m0s"), (60, "1m0s"), (361, "6m1s"), (3723, "1h2m3s")]
+)
+def test_openai_duration(seconds: float, text: str) -> None:
+    assert openai_duration(seconds) == text
+
+
+def limiter(**env: str) -> RateLimiter:
+    return RateLimiter(LimitSettings(**env))  # type: ignore[arg-type]
+
+
+def test_memory_moving_window_admits_exactly_the_limit() -> None:
+    async def scenario() -> None:
+        rl = limiter(DEFAULT_RATE_LIMIT="3")
+        windows = [await rl.admit("ip:1") for _ in range(3)]
+        assert [w[0].remaining for w in windows] == [2, 1, 0]
+        with pytest.raises(RateLimited) as info:
+            await rl.admit("ip:1")
+        assert 1 <= int(info.value.headers["retry-after"]) <= 60
+        # Another identity has its own window.
+        assert (await rl.admit("ip:2"))[0].remaining == 2
+
+    asyncio.run(scenario())
+
+
+def test_per_key_limits_are_held_by_key_id_only() -> None:
+    rl = limiter(API_KEY_LIMITS="sk-big:500")
+    assert all("sk-big" not in kid for kid in rl.key_limits)
+    assert list(rl.key_limits.values()) == [500]
+
+
+def test_global_limit_applies_over_identities() -> None:
+    async def scenario() -> None:
+        rl = limiter(DEFAULT_RATE_LIMIT="0", GLOBAL_RATE_LIMIT="2")
+        await rl.admit("a")
+        await rl.admit("b")
+        with pytest.raises(RateLimited):
+            await rl.admit("c")
+
+    asyncio.run(scenario())
+
+
+def test_tokens_are_charged_and_exhaustion_refuses() -> None:
+    async def scenario() -> None:
+        rl = limiter(DEFAULT_RATE_LIMIT="0", TOKENS_PER_MINUTE_LIMIT="100")
+        assert (await rl.admit("k"))[0].remaining == 100
+        await rl.charge_tokens("k", 60)
+        assert (await rl.admit("k"))[0].remaining == 40
+        await rl.charge_tokens("k", 500)  # overshoot fills the window
+        with pytest.raises(RateLimited):
+            await rl.admit("k")
+
+    asyncio.run(scenario())
