@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 
 import bentoml
 
@@ -23,30 +25,40 @@ gateway = Gateway()
 @bentoml.asgi_app(gateway.app, path="/")
 class LLMService:
     def __init__(self) -> None:
+        from components.runtime import Runtime
         from components.settings import load_settings
 
-        self.settings = load_settings()
-        self.runtime = None
+        self.runtime = Runtime(load_settings())
+        # The front door (probes, auth, limits) serves while the model loads.
+        gateway.install_front_door(self.runtime.front_door)
 
     @bentoml.on_startup
     async def start(self) -> None:
-        from components.runtime import Runtime
+        # In the background: the server listens (probes say "starting", the API says 503
+        # model_loading) while the model downloads, loads and warms up.
+        self._starting = asyncio.ensure_future(self._start())
 
-        self.runtime = await Runtime.start(self.settings)
-        gateway.install(self.runtime.app, self.runtime.front_door)
+    async def _start(self) -> None:
+        try:
+            await self.runtime.start()
+        except Exception:
+            logger.exception("startup failed; exiting")
+            os._exit(1)
+        gateway.install_app(self.runtime.app)
         logger.info("service ready")
 
     @bentoml.on_shutdown
     async def stop(self) -> None:
+        self._starting.cancel()
         gateway.uninstall()
-        if self.runtime is not None:
-            await self.runtime.shutdown()
+        await self.runtime.shutdown()
 
     async def __is_ready__(self) -> bool:
-        return self.runtime is not None and self.runtime.ready
+        return self.runtime.readiness()[0]
 
     async def __is_alive__(self) -> bool:
-        return True
+        # Alive while loading: a slow model load must not get the pod restarted.
+        return self.runtime.is_alive()
 
 
 LLMService.add_asgi_middleware(GatewayMiddleware, gateway=gateway)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -46,7 +47,7 @@ def default_tool_parser(model: str) -> str | None:
     return next((parser for family, parser in _PARSER_BY_FAMILY if family in lowered), None)
 
 
-def resolve_spec(settings: EngineSettings, gpu_count: int) -> EngineSpec:
+def resolve_spec(settings: EngineSettings, gpu_count: int, drain_seconds: float = 0) -> EngineSpec:
     """Decide the model and every engine argument; no engine is touched here."""
     on_gpu = gpu_count > 0
     if settings.model_path:
@@ -90,6 +91,11 @@ def resolve_spec(settings: EngineSettings, gpu_count: int) -> EngineSpec:
         args.append("--trust-remote-code")
     if settings.hf_home:
         args += ["--download-dir", os.path.join(settings.hf_home, "hub")]
+    if drain_seconds > 0:
+        # On SIGTERM (BentoML's process manager signals the engine core too) the engine
+        # core drains in-flight requests instead of aborting them. A little longer than our
+        # own drain, so that our timeout, with its clear error to clients, fires first.
+        args += ["--shutdown-timeout", str(int(drain_seconds) + 5)]
     return EngineSpec(model, served, reason, on_gpu, parser, args)
 
 
@@ -109,9 +115,12 @@ async def start_engine(args: Namespace) -> AsyncLLM:
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
     started = time.monotonic()
-    # Blocks the loop while the engine core process loads the model: nothing is served
-    # before startup ends anyway, and AsyncLLM binds to the running loop when created.
-    engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
+    # In a thread: loading takes from seconds to minutes, and the probes must answer
+    # meanwhile. Created outside the loop, AsyncLLM starts its output handler lazily on
+    # the first generate(), from the loop.
+    engine = await asyncio.to_thread(
+        AsyncLLM.from_engine_args, engine_args, usage_context=UsageContext.OPENAI_API_SERVER
+    )
     logger.info("engine started in %.1f s", time.monotonic() - started)
     return engine
 
@@ -135,6 +144,16 @@ def engine_core_pids(engine: Any) -> list[int]:
     manager = getattr(resources, "engine_manager", None)
     procs = getattr(manager, "processes", None) or []
     return [proc.pid for proc in procs if getattr(proc, "pid", None)]
+
+
+def unfinished_requests(engine: Any) -> int | None:
+    """Requests the engine still holds (running or waiting), from its client's own books.
+
+    vLLM's vllm:num_requests_running gauge is refreshed only on engine steps, so it keeps
+    its last value once the engine goes idle; this count does not.
+    """
+    processor = getattr(engine, "output_processor", None)
+    return processor.get_num_unfinished_requests() if processor is not None else None
 
 
 def shutdown_engine(engine: AsyncLLM | None) -> None:

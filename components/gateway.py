@@ -13,21 +13,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from components.errors import Unavailable, render_json
+from components.errors import Unavailable
+from components.responses import send_error
 
 
 async def _starting(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] != "http":
-        return
-    body = render_json(Unavailable("The model is still loading; retry shortly.", code="model_loading"))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"5")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    if scope["type"] == "http":
+        error = Unavailable("The model is still loading; retry shortly.", code="model_loading", headers={"retry-after": "5"})
+        await send_error(send, error)
 
 
 class Gateway:
@@ -43,11 +36,13 @@ class Gateway:
     def attach(self, downstream: ASGIApp) -> None:
         self._downstream = downstream
 
-    def install(self, app: ASGIApp, build_chain: Callable[[ASGIApp], ASGIApp]) -> None:
+    def install_front_door(self, build_chain: Callable[[ASGIApp], ASGIApp]) -> None:
         """`build_chain` wraps BentoML's whole app (its probes and /metrics included)."""
-        self._app = app
         if self._downstream is not None:
             self._chain = build_chain(self._downstream)
+
+    def install_app(self, app: ASGIApp) -> None:
+        self._app = app
 
     def uninstall(self) -> None:
         self._app = _starting

@@ -14,13 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from components.errors import (
+    EngineFailure,
     InvalidRequest,
     ModelNotFound,
     ServiceError,
     from_status,
     render_json,
 )
-from components.admission import Admission, Slot
+from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
 from components.vllm_bridge import OpenAIBridge, Stream, request_models
 
@@ -103,7 +104,7 @@ def build_openai_app(
     bridge: OpenAIBridge,
     aliases: dict[str, str],
     limits: ApiSettings,
-    admission: Admission,
+    gate: Gate,
 ) -> FastAPI:
     app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None)
     served = bridge.served_name
@@ -136,23 +137,37 @@ def build_openai_app(
                 continuous_usage_stats=bool(body.stream_options and body.stream_options.continuous_usage_stats),
             )
 
-        slot = await _until_disconnect(request, admission.acquire())
+        ticket = await _until_disconnect(request, gate.enter(bridge.engine_ids(body)))
         if not streaming:
             try:
                 result = await _until_disconnect(request, call(body, request))
-            finally:
-                slot.release()
+            except ServiceError as error:
+                ticket.finish(error)
+                raise
+            except asyncio.CancelledError:
+                ticket.finish(cancelled=True)
+                raise
+            except BaseException:
+                ticket.finish(EngineFailure("unexpected failure"))
+                raise
+            ticket.finish()
+            if ticket.abort_error is not None:
+                raise ticket.abort_error
             state["usage"] = result.usage.model_dump() if getattr(result, "usage", None) else None
             state["finish_reason"] = _finish_reason(result)
             return JSONResponse(result.model_dump(mode="json"))
         try:
             stream = await call(body, request)
+        except ServiceError as error:
+            ticket.finish(error)
+            raise
         except BaseException:
-            slot.release()
+            ticket.finish(cancelled=True)
             raise
         stream.forward_usage = forward_usage
+        stream.ticket = ticket
         # The slot is held until the stream ends: the engine works until then.
-        return StreamingResponse(_sse(stream, slot, state), media_type="text/event-stream")
+        return StreamingResponse(_sse(stream, state), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
@@ -184,15 +199,18 @@ def _finish_reason(result: Any) -> str | None:
     return getattr(choices[0], "finish_reason", None) if choices else None
 
 
-async def _sse(stream: Stream, slot: Slot, state: dict[str, Any]) -> AsyncIterator[str]:
+async def _sse(stream: Stream, state: dict[str, Any]) -> AsyncIterator[str]:
+    completed = False
     try:
         async for event in stream:
             yield event
+        completed = True
     finally:
         # Runs on completion and on client disconnect (Starlette cancels the response):
         # closing vLLM's generator aborts the request in the engine.
-        slot.release()
         await stream.aclose()
+        if stream.ticket is not None:
+            stream.ticket.finish(stream.error, cancelled=not completed)
         state["usage"] = stream.usage
         if stream.error is not None:
             state["error_type"] = stream.error.code

@@ -1,16 +1,23 @@
-"""Everything a running service holds, assembled at startup and taken down at shutdown."""
+"""Everything a running service holds, assembled at startup and taken down at shutdown:
+the engine and its watchdog, the front door's parts, draining on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from components import bundled_model, engine as engine_mod
 from components.admission import Admission
 from components.auth import KeyStore
+from components.breaker import CircuitBreaker, State
 from components.engine import EngineSpec
+from components.errors import Unavailable
+from components.health import HealthMiddleware, now_iso
+from components.lifecycle import Gate
 from components.middleware import install_middleware
 from components.ratelimit import RateLimiter
 from components.settings import Settings, export_engine_environment
@@ -29,31 +36,64 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-@dataclass
-class Runtime:
-    settings: Settings
-    spec: EngineSpec
-    engine: Any
-    bridge: OpenAIBridge
-    app: FastAPI
-    admission: Admission
-    limiter: RateLimiter
-    keys: KeyStore
-    started_at: float = field(default_factory=time.time)
-    ready: bool = False
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (dead, not yet reaped) still answers kill(0): read its state.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
-    @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        """The parts that need no engine: the front door works (and answers 503) while
+        the model loads."""
+        self.settings = settings
+        res = settings.resilience
+        self.keys = KeyStore.from_keys(settings.auth.api_keys)
+        self.limiter = RateLimiter(settings.limits)
+        self.breaker = CircuitBreaker(
+            failure_rate=res.breaker_failure_rate / 100,
+            window=res.breaker_window,
+            min_calls=res.breaker_min_calls,
+            open_seconds=res.breaker_open_seconds,
+            half_open_calls=res.breaker_half_open_calls,
+            on_change=lambda state: logger.warning("circuit breaker is now %s", state.name),
+        )
+        admission = Admission(settings.engine.max_num_seqs, settings.limits.max_queue_size)
+        self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout)
+        self.started_at = time.time()
+        self.spec: EngineSpec | None = None
+        self.engine: Any = None
+        self.bridge: OpenAIBridge | None = None
+        self.app: FastAPI | None = None
+        self.ready = False
+        self.draining = False
+        self.engine_alive = True
+        self.engine_pids: list[int] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def _abort(self, engine_ids: Any) -> None:
+        if self.bridge is not None:
+            await self.bridge.abort(engine_ids)
+
+    async def start(self) -> None:
         from components.openai_app import build_aliases, build_openai_app
         from components.vllm_bridge import OpenAIBridge
 
-        keys = KeyStore.from_keys(settings.auth.api_keys)
-        if not keys.enabled:
+        settings = self.settings
+        if not self.keys.enabled:
             logger.warning("API_KEYS is empty: authentication is DISABLED, anyone who reaches the port can use the API")
-        limiter = RateLimiter(settings.limits)
-        admission = Admission(settings.engine.max_num_seqs, settings.limits.max_queue_size)
-
-        spec = engine_mod.resolve_spec(settings.engine, gpu_count())
+        gpus = await asyncio.to_thread(gpu_count)  # imports torch: seconds
+        spec = engine_mod.resolve_spec(settings.engine, gpus, settings.resilience.graceful_shutdown_timeout)
+        self.spec = spec
         export_engine_environment(settings.engine, on_cpu=not spec.on_gpu)
         logger.info("serving model %s as %r: %s", spec.model, spec.served_name, spec.reason)
         if settings.engine.attention_backend == "SDPA":
@@ -63,27 +103,142 @@ class Runtime:
         if spec.tool_call_parser is None:
             logger.info("no tool-call parser for this model: tool_choice='auto' requests get a 400")
         if not spec.on_gpu and not settings.engine.model_path:
-            bundled_model.ensure_converted(settings.engine.cache_dir)
+            await asyncio.to_thread(bundled_model.ensure_converted, settings.engine.cache_dir)
 
         aliases = build_aliases(spec.served_name, settings.api.model_aliases)
         args = engine_mod.parse_engine_args(spec)
-        engine = await engine_mod.start_engine(args)
+        self.engine = await engine_mod.start_engine(args)
         try:
-            bridge = await OpenAIBridge.create(engine, args)
-            app = build_openai_app(bridge, aliases, settings.api, admission)
-            runtime = cls(settings, spec, engine, bridge, app, admission, limiter, keys)
+            self.bridge = await OpenAIBridge.create(self.engine, args)
+            self.app = build_openai_app(self.bridge, aliases, settings.api, self.gate)
+            self.engine_pids = engine_mod.engine_core_pids(self.engine)
             if settings.engine.warmup:
-                await engine_mod.warm_up(engine)
+                await engine_mod.warm_up(self.engine)
         except BaseException:
-            engine_mod.shutdown_engine(engine)
+            engine_mod.shutdown_engine(self.engine)
             raise
-        runtime.ready = True
-        return runtime
+        self._tasks.append(asyncio.ensure_future(self._watch_engine()))
+        self._install_sigterm()
+        self.ready = True
+
+    def healthz(self) -> dict[str, Any]:
+        ready, reason = self.readiness()
+        breaker = self.breaker.state
+        if not self.engine_alive:
+            status = "dead"
+        elif not self.ready:
+            status = "starting"
+        elif self.draining or breaker is not State.CLOSED:
+            status = "degraded"
+        else:
+            status = "healthy"
+        return {
+            "status": status,
+            "reason": reason,
+            "timestamp": now_iso(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "model": self.spec.served_name if self.spec else None,
+            "model_loaded": self.ready,
+            "draining": self.draining,
+            "active_requests": len(self.gate.inflight),
+            "engine_unfinished_requests": engine_mod.unfinished_requests(self.engine) if self.engine else None,
+            "queued_requests": self.gate.admission.waiting,
+            "total_requests": self.gate.total,
+            "circuit_breaker_state": breaker.name.lower(),
+            "gpu_memory_usage_gb": None,
+            "gpu_utilization_percent": None,
+            "gpu_temperature_celsius": None,
+        }
+
+    # --- probes -------------------------------------------------------------------
+
+    def is_alive(self) -> bool:
+        return self.engine_alive
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.ready:
+            return False, "model loading"
+        if not self.engine_alive:
+            return False, "engine dead"
+        if self.draining:
+            return False, "draining"
+        if self.settings.server.readiness_strict and self.gate.breaker.state is State.OPEN:
+            return False, "circuit breaker open"
+        return True, "ready"
+
+    # --- engine death -------------------------------------------------------------
+
+    def _engine_dead(self) -> bool:
+        if getattr(self.engine, "errored", False):
+            return True
+        return any(not _pid_alive(pid) for pid in self.engine_pids)
+
+    async def _watch_engine(self) -> None:
+        interval = self.settings.resilience.watchdog_interval
+        while self.engine_alive:
+            await asyncio.sleep(interval)
+            # While draining the engine core exits on its own once its work is done.
+            if not self.draining and self._engine_dead():
+                await self._on_engine_death()
+
+    async def _on_engine_death(self) -> None:
+        self.engine_alive = False
+        reason = "The inference engine died; this replica is restarting."
+        logger.error(
+            "engine core process died (pids %s); %d request(s) in flight, %d queued",
+            self.engine_pids, len(self.gate.inflight), self.gate.admission.waiting,
+        )
+        self.gate.breaker.force_open(reason)
+        self.gate.admission.close(reason)
+        # vLLM fails its own in-flight generators with EngineDeadError; this covers any
+        # that would still wait.
+        self.gate.abort_all(Unavailable(reason, code="engine_dead"))
+        delay = self.settings.resilience.engine_death_exit_seconds
+        if delay > 0:
+            # Exit non-zero so that the process manager (BentoML outside a container,
+            # Kubernetes inside one) starts a fresh engine; liveness already fails.
+            await asyncio.sleep(delay)
+            logger.error("exiting after engine death")
+            os._exit(3)
+
+    # --- graceful shutdown --------------------------------------------------------
+
+    def _install_sigterm(self) -> None:
+        """Drain before uvicorn's own SIGTERM handling closes the listener.
+
+        uvicorn would stop accepting at once and wait for connections without bound; we
+        first refuse new requests with 503 (readiness fails), let in-flight ones finish up
+        to GRACEFUL_SHUTDOWN_TIMEOUT, abort the rest, then hand the signal to uvicorn.
+        """
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self.draining:
+                return
+            self.draining = True
+            loop.call_soon_threadsafe(lambda: self._spawn(self._drain_then_exit(previous, signum, frame)))
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _spawn(self, coroutine: Any) -> None:
+        self._tasks.append(asyncio.ensure_future(coroutine))
+
+    async def _drain_then_exit(self, previous: Any, signum: int, frame: Any) -> None:
+        timeout = self.settings.resilience.graceful_shutdown_timeout
+        logger.info("SIGTERM: draining %d in-flight request(s), up to %.0f s", len(self.gate.inflight), timeout)
+        clean = await self.gate.drain(timeout)
+        logger.info("drain %s", "complete" if clean else "ended by timeout")
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise SystemExit(0)
 
     def front_door(self, downstream: Any) -> Any:
         """The middleware around BentoML's whole app (probes and /metrics included)."""
+        health = HealthMiddleware(downstream, self.healthz, self.readiness, self.is_alive)
         return install_middleware(
-            downstream,
+            health,
             keys=self.keys,
             limiter=self.limiter,
             cors_origins=self.settings.limits.cors_origins,
@@ -93,5 +248,9 @@ class Runtime:
 
     async def shutdown(self) -> None:
         self.ready = False
-        engine_mod.shutdown_engine(self.engine)
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.engine is not None:
+            engine_mod.shutdown_engine(self.engine)
         await self.limiter.close()

@@ -127,8 +127,21 @@ class LimitSettings(_Group):
         return value
 
 
+class ResilienceSettings(_Group):
+    breaker_failure_rate: float = Field(50, alias="BREAKER_FAILURE_RATE", gt=0, le=100)
+    breaker_window: int = Field(20, alias="BREAKER_WINDOW", ge=1, le=10_000)
+    breaker_min_calls: int = Field(10, alias="BREAKER_MIN_CALLS", ge=1)
+    breaker_open_seconds: float = Field(30, alias="BREAKER_OPEN_SECONDS", gt=0)
+    breaker_half_open_calls: int = Field(3, alias="BREAKER_HALF_OPEN_CALLS", ge=1)
+    graceful_shutdown_timeout: float = Field(30, alias="GRACEFUL_SHUTDOWN_TIMEOUT", ge=0)
+    request_timeout: float = Field(600, alias="REQUEST_TIMEOUT_SECONDS", ge=0)
+    engine_death_exit_seconds: float = Field(10, alias="ENGINE_DEATH_EXIT_SECONDS", ge=0)
+    watchdog_interval: float = Field(1.0, alias="ENGINE_WATCHDOG_INTERVAL", gt=0, le=60)
+
+
 class ServerSettings(_Group):
     port: int = Field(8080, alias="PORT", ge=1, le=65535)
+    readiness_strict: bool = Field(True, alias="READINESS_STRICT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
 
     @field_validator("log_level", mode="before")
@@ -144,6 +157,7 @@ class Settings(BaseModel):
     api: ApiSettings
     auth: AuthSettings
     limits: LimitSettings
+    resilience: ResilienceSettings
     server: ServerSettings
 
     def redacted(self) -> dict[str, Any]:
@@ -156,6 +170,7 @@ class Settings(BaseModel):
             "api": self.api.model_dump(),
             "auth": {"api_keys": f"<{len(self.auth.api_keys)} keys>", "protect_metrics": self.auth.protect_metrics},
             "limits": limits,
+            "resilience": self.resilience.model_dump(),
             "server": self.server.model_dump(),
         }
 
@@ -191,6 +206,7 @@ def load_settings() -> Settings:
         ("api", ApiSettings),
         ("auth", AuthSettings),
         ("limits", LimitSettings),
+        ("resilience", ResilienceSettings),
         ("server", ServerSettings),
     ):
         try:

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 # vLLM reports a failure inside a stream as an event of this form.
 _ERROR_PREFIX = 'data: {"error"'
 _USAGE_MARKER = '"usage":{'
+_DONE = "data: [DONE]"
 
 
 def request_models() -> tuple[type, type, type]:
@@ -44,13 +45,26 @@ def to_service_error(exc: BaseException) -> ServiceError:
         return exc
     if isinstance(exc, EngineDeadError):
         return Unavailable("The inference engine is not running; retry later.", code="engine_dead")
+    if is_out_of_memory(exc):
+        return Unavailable("The inference engine ran out of memory; retry later.", code="out_of_memory")
     if not isinstance(exc, Exception):
         raise exc
     response = create_error_response(exc)
     return _from_error_info(response.error.code, response.error.message, response.error.param)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
 def _from_error_info(status: int, message: str, param: str | None) -> ServiceError:
+    lowered = message.lower()
+    if status >= 500 and "out of memory" in lowered:
+        logger.error("engine out of memory: %s", message)
+        return Unavailable("The inference engine ran out of memory; retry later.", code="out_of_memory")
+    if status >= 500 and ("enginecore encountered" in lowered or "engine dead" in lowered):
+        logger.error("engine died: %s", message)
+        return Unavailable("The inference engine is not running; retry later.", code="engine_dead")
     if status >= 500:
         # vLLM's messages for server faults can hold internals; keep them in the log only.
         logger.error("engine error %s: %s", status, message)
@@ -70,6 +84,8 @@ class Stream:
     forward_usage: bool = True
     usage: dict[str, Any] | None = None
     error: ServiceError | None = None
+    # The lifecycle.Pass of this generation; its abort_error replaces vLLM's "abort" end.
+    ticket: Any = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._events()
@@ -83,6 +99,10 @@ class Stream:
                     return
                 if _USAGE_MARKER in event and self._take_usage(event) and not self.forward_usage:
                     continue
+                if event.startswith(_DONE) and self.ticket is not None and self.ticket.abort_error is not None:
+                    self.error = self.ticket.abort_error
+                    yield render_sse(self.error)
+                    return
                 yield event
         except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
             self.error = to_service_error(exc)
@@ -129,6 +149,20 @@ class OpenAIBridge:
         await init_app_state(engine, state, args, tasks)
         served = args.served_model_name[0] if args.served_model_name else args.model
         return cls(state, served, engine.model_config.max_model_len)
+
+    @staticmethod
+    def engine_ids(body: Any) -> list[str]:
+        """The ids vLLM's serving layer gives this request in the engine (to abort it)."""
+        if hasattr(body, "messages"):
+            return [f"chatcmpl-{body.request_id}"]
+        prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) else [body.prompt]
+        return [f"cmpl-{body.request_id}-{index}" for index in range(len(prompts))]
+
+    async def abort(self, engine_ids: Any) -> None:
+        try:
+            await self._state.engine_client.abort(list(engine_ids))
+        except Exception:  # noqa: BLE001 - aborting a finished or dead request is not an error
+            logger.debug("abort of %s failed", engine_ids, exc_info=True)
 
     async def chat(self, body: Any, raw_request: Request) -> Any:
         handler = self._state.openai_serving_chat

@@ -1,0 +1,72 @@
+"""Probes: the rich `GET /healthz` document, and JSON reasons on BentoML's /readyz and /livez.
+
+BentoML registers /healthz, /livez and /readyz ahead of any mounted app; this middleware
+sits in front of BentoML's app, so it can answer /healthz itself and give the other two
+(still decided by the service's __is_ready__/__is_alive__ hooks) a JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+StatusSource = Callable[[], dict[str, Any]]
+
+
+async def _send_json(send: Send, status: int, document: dict[str, Any]) -> None:
+    body = json.dumps(document).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class HealthMiddleware:
+    def __init__(self, app: ASGIApp, healthz: StatusSource, readiness: Callable[[], tuple[bool, str]],
+                 liveness: Callable[[], bool]) -> None:
+        self.app = app
+        self.healthz = healthz
+        self.readiness = readiness
+        self.liveness = liveness
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path") if scope["type"] == "http" else None
+        if path == "/healthz" and scope["method"] in ("GET", "HEAD"):
+            document = self.healthz()
+            await _send_json(send, 200 if document["status"] != "dead" else 503, document)
+            return
+        if path not in ("/readyz", "/livez"):
+            await self.app(scope, receive, send)
+            return
+        # BentoML's hooks decide the status; we replace its plain-text body with JSON.
+        status_holder: dict[str, int] = {}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                status = status_holder.get("status", 500)
+                if path == "/readyz":
+                    _, reason = self.readiness()
+                    document = {"status": "ready" if status == 200 else "not_ready", "reason": reason}
+                else:
+                    document = {"status": "alive" if status == 200 else "dead"}
+                await _send_json(send, status, document)
+
+        await self.app(scope, receive, capture)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,207 @@
+"""Faults with real processes: client disconnects, generation timeouts, SIGTERM draining,
+and the death of the engine core process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+
+from tests.integration.server import Server, start_server
+
+PROMPT = "Once upon a time"
+
+
+def running_in_engine(server: Server) -> int:
+    """The engine's own count of requests it still holds (see /healthz)."""
+    return httpx.get(f"{server.url}/healthz", timeout=10).json()["engine_unfinished_requests"]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def descendants(server: Server) -> list[psutil.Process]:
+    try:
+        return psutil.Process(server.process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stream_events(url: str, body: dict, headers: dict | None = None, first_event: threading.Event | None = None) -> list[str]:
+    events = []
+    with httpx.stream("POST", url, json=body, headers=headers or {}, timeout=300) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[len("data: "):])
+                if first_event is not None:
+                    first_event.set()
+    return events
+
+
+# --- client disconnect, on the shared server --------------------------------------------
+
+
+def test_client_disconnect_aborts_generation_in_the_engine(server: Server, auth: dict[str, str]) -> None:
+    body = {"model": "gpt-4", "prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    clients = [httpx.Client(timeout=60) for _ in range(3)]  # one connection each, kept open
+    streams = []
+    readers = []  # dropping a line iterator would close its response
+    for client in clients:
+        response = client.send(client.build_request("POST", f"{server.url}/v1/completions", json=body, headers=auth), stream=True)
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        for _ in range(3):
+            next(lines)
+        streams.append(response)
+        readers.append(lines)
+    seen: list[int] = []
+    assert wait_until(lambda: seen.append(running_in_engine(server)) or seen[-1] == 3, 10), seen
+    for response, client in zip(streams, clients):
+        response.close()
+        client.close()
+    assert wait_until(lambda: running_in_engine(server) == 0, 5), "the engine kept generating for nobody"
+    health = httpx.get(f"{server.url}/healthz", timeout=10).json()
+    assert health["active_requests"] == 0
+
+
+def test_non_streaming_disconnect_aborts_too(server: Server, auth: dict[str, str]) -> None:
+    body = {"model": "gpt-4", "prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=body, headers=auth, timeout=2)
+    assert wait_until(lambda: running_in_engine(server) == 0, 5)
+
+
+# --- timeouts, tools without a parser, SIGTERM draining: a server of their own ----------------
+
+
+@pytest.fixture(scope="module")
+def drain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("drain"),
+        env={
+            "API_KEYS": "",
+            "DEFAULT_RATE_LIMIT": "1000",
+            "GRACEFUL_SHUTDOWN_TIMEOUT": "60",
+            "REQUEST_TIMEOUT_SECONDS": "5",
+            "TOOL_CALL_PARSER": "none",
+            "MAX_NUM_SEQS": "8",
+        },
+        name="drain",
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_tools_without_a_parser_get_a_clear_400(drain_server: Server) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto",
+    }
+    response = httpx.post(f"{drain_server.url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400
+    assert "tool" in response.json()["error"]["message"]
+
+
+def test_generation_timeout_aborts_with_504_or_error_event(drain_server: Server) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 3000, "ignore_eos": True}
+    started = time.monotonic()
+    response = httpx.post(f"{drain_server.url}/v1/completions", json=body, timeout=120)
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "timeout"
+    assert time.monotonic() - started < 30
+    events = stream_events(f"{drain_server.url}/v1/completions", {**body, "stream": True})
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "timeout"
+    assert wait_until(lambda: running_in_engine(drain_server) == 0, 5)
+
+
+def test_sigterm_drains_in_flight_streams_then_exits_zero(drain_server: Server) -> None:
+    n, tokens = 4, 100
+    body = {"prompt": PROMPT, "max_tokens": tokens, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    url = f"{drain_server.url}/v1/completions"
+    started = [threading.Event() for _ in range(n)]
+    processes = descendants(drain_server)
+    assert any("EngineCore" in " ".join(p.cmdline()) or p.name() == "VLLM::EngineCore" for p in processes)
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(stream_events, url, body, None, started[i]) for i in range(n)]
+        for event in started:
+            assert event.wait(60)
+        drain_server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        try:
+            late = httpx.post(url, json={"prompt": "hi", "max_tokens": 2}, timeout=10)
+            assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+            ready = httpx.get(f"{drain_server.url}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["reason"] == "draining"
+        except httpx.ConnectError:
+            pass  # refused at the socket: also a refusal
+        results = [future.result(timeout=120) for future in futures]
+    for events in results:
+        assert events[-1] == "[DONE]"
+        usage = json.loads(events[-2])["usage"]
+        assert usage["completion_tokens"] == tokens
+    assert drain_server.process.wait(90) == 0
+    assert wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes), 10)
+
+
+# --- engine death ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def doomed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("doomed"),
+        env={"API_KEYS": "", "DEFAULT_RATE_LIMIT": "1000", "ENGINE_DEATH_EXIT_SECONDS": "0"},
+        name="doomed",
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_engine_death_fails_streams_probes_and_opens_the_breaker(doomed_server: Server) -> None:
+    url = doomed_server.url
+    engine = [p for p in descendants(doomed_server) if p.name() == "VLLM::EngineCore"]
+    assert len(engine) == 1
+    body = {"prompt": PROMPT, "max_tokens": 3000, "ignore_eos": True, "stream": True}
+    started = [threading.Event() for _ in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(stream_events, f"{url}/v1/completions", body, None, started[i]) for i in range(3)]
+        for event in started:
+            assert event.wait(60)
+        killed_at = time.monotonic()
+        engine[0].kill()
+        results = [future.result(timeout=30) for future in futures]
+    assert time.monotonic() - killed_at < 15
+    for events in results:
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["type"] == "server_error" and error["code"] in ("engine_dead", "engine_error")
+    assert wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 503, 5)
+    assert httpx.get(f"{url}/livez", timeout=5).status_code == 503
+    refused = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=10)
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    health = httpx.get(f"{url}/healthz", timeout=5).json()
+    assert health["circuit_breaker_state"] == "open"
+    assert health["status"] == "dead"
