@@ -26,9 +26,10 @@ $(VENV)/.installed: requirements/cpu.lock | $(UV)
 
 install: $(VENV)/.installed
 
-# The integration tests start a real redis-server (Debian's package).
+# The integration tests start a real redis-server; promtool checks the alert rules.
 system-deps:
-	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null || { \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends redis-server prometheus; }
 
 lock-cpu: | $(UV)
 	$(UV) pip compile requirements/cpu.in --python-version 3.11 $(TORCH_SOURCE) \

@@ -25,10 +25,13 @@ gateway = Gateway()
 @bentoml.asgi_app(gateway.app, path="/")
 class LLMService:
     def __init__(self) -> None:
+        from components.logs import configure_logging
         from components.runtime import Runtime
         from components.settings import load_settings
 
-        self.runtime = Runtime(load_settings())
+        settings = load_settings()
+        configure_logging(settings.server.log_level)
+        self.runtime = Runtime(settings)
         # The front door (probes, auth, limits) serves while the model loads.
         gateway.install_front_door(self.runtime.front_door)
 

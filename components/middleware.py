@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
@@ -117,9 +118,10 @@ class RateLimitMiddleware:
     """Per-key (or per-IP without keys), global and token limits on /v1/ routes, with
     OpenAI's x-ratelimit-* headers on every response of those routes."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, on_rejected: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.limiter = limiter
+        self.on_rejected = on_rejected or (lambda kind: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PREFIX) or scope["method"] == "OPTIONS":
@@ -134,6 +136,7 @@ class RateLimitMiddleware:
             windows = await self.limiter.admit(identity)
         except ServiceError as error:
             state["error_type"] = error.code
+            self.on_rejected(error.code or "unknown")
             await send_error(send, error)
             return
         extra = [header for window in windows for header in window.headers()]
@@ -161,6 +164,7 @@ def install_middleware(
     max_request_bytes: int,
     protect_metrics: bool = False,
     outer: list[Any] | None = None,
+    on_rate_limited: Callable[[str], None] | None = None,
 ) -> ASGIApp:
     """The front door. Outermost first:
 
@@ -171,7 +175,7 @@ def install_middleware(
     limit, so that a refused request is refused without reading its body.
     """
     app = BodyLimitMiddleware(app, max_request_bytes)
-    app = RateLimitMiddleware(app, limiter)
+    app = RateLimitMiddleware(app, limiter, on_rate_limited)
     app = AuthMiddleware(app, keys, protect_metrics=protect_metrics)
     allow_all = cors_origins == ("*",)
     app = CORSMiddleware(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
 from components.vllm_bridge import OpenAIBridge, Stream, request_models
 
+logger = logging.getLogger(__name__)
 ChatCompletionRequest, CompletionRequest, StreamOptions = request_models()
 
 
@@ -105,6 +107,7 @@ def build_openai_app(
     aliases: dict[str, str],
     limits: ApiSettings,
     gate: Gate,
+    debug_info: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None)
     served = bridge.served_name
@@ -127,6 +130,7 @@ def build_openai_app(
         state = request.scope.setdefault("state", {})
         state["model"] = body.model
         streaming = bool(getattr(body, "stream", False))
+        state["stream"] = streaming
         forward_usage = True
         if streaming:
             # Always ask vLLM for the usage chunk (exact token accounting); pass it on
@@ -155,6 +159,8 @@ def build_openai_app(
                 raise ticket.abort_error
             state["usage"] = result.usage.model_dump() if getattr(result, "usage", None) else None
             state["finish_reason"] = _finish_reason(result)
+            ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
+            state["ttft_s"] = ttft_ms / 1000 if ttft_ms is not None else None
             return JSONResponse(result.model_dump(mode="json"))
         try:
             stream = await call(body, request)
@@ -190,6 +196,12 @@ def build_openai_app(
             raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
         return model_card(model_id)
 
+    if debug_info is not None:
+
+        @app.get("/debug/runtime")
+        async def debug_runtime() -> dict[str, Any]:
+            return debug_info()
+
     install_error_handlers(app)
     return app
 
@@ -201,8 +213,13 @@ def _finish_reason(result: Any) -> str | None:
 
 async def _sse(stream: Stream, state: dict[str, Any]) -> AsyncIterator[str]:
     completed = False
+    first = True
     try:
         async for event in stream:
+            if first:
+                first = False
+                if "started" in state:
+                    state["ttft_s"] = time.perf_counter() - state["started"]
             yield event
         completed = True
     finally:
@@ -217,31 +234,33 @@ async def _sse(stream: Stream, state: dict[str, Any]) -> AsyncIterator[str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def service_error(_: Request, exc: Exception) -> Response:
+    def respond(request: Request, error: ServiceError) -> Response:
+        request.scope.setdefault("state", {})["error_type"] = error.code or error.type
+        return ErrorResponse(error)
+
+    async def service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
-        return ErrorResponse(exc)
+        return respond(request, exc)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if request.method == "POST" and media_type.lower() != "application/json":
-            return ErrorResponse(
-                InvalidRequest("Content-Type must be application/json.", code="unsupported_media_type")
+            return respond(
+                request, InvalidRequest("Content-Type must be application/json.", code="unsupported_media_type")
             )
-        return ErrorResponse(_validation_error(exc))
+        return respond(request, _validation_error(exc))
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404:
             detail = "Unknown route."
-        return ErrorResponse(from_status(exc.status_code, detail))
+        return respond(request, from_status(exc.status_code, detail))
 
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        import logging
-
-        logging.getLogger(__name__).exception("unhandled error")
-        return ErrorResponse(ServiceError("The server failed to process the request."))
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error")
+        return respond(request, ServiceError("The server failed to process the request."))
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

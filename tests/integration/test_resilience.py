@@ -174,10 +174,29 @@ def doomed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         name="doomed",
     )
     try:
+        srv.first_readiness = first_readiness_answer(srv)  # type: ignore[attr-defined]
         srv.wait_ready()
         yield srv
     finally:
         srv.stop()
+
+
+def first_readiness_answer(server: Server, timeout: float = 120) -> tuple[int, dict]:
+    """The first answer of /readyz once the server listens (the model still loading)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{server.url}/readyz", timeout=5)
+            return response.status_code, response.json()
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError("the server never answered /readyz")
+
+
+def test_readyz_is_503_until_the_model_is_loaded_and_warm(doomed_server: Server) -> None:
+    status, body = doomed_server.first_readiness  # type: ignore[attr-defined]
+    assert status == 503 and body == {"status": "not_ready", "reason": "model loading"}
+    assert httpx.get(f"{doomed_server.url}/readyz", timeout=5).json() == {"status": "ready", "reason": "ready"}
 
 
 def test_engine_death_fails_streams_probes_and_opens_the_breaker(doomed_server: Server) -> None:

@@ -1,0 +1,96 @@
+"""One JSON access-log line and the request metrics for every HTTP request
+(probes and /metrics: metrics excluded, logged at DEBUG only)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from components.metrics import Metrics, endpoint_label
+
+logger = logging.getLogger("access")
+QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+GENERATION_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def _trace_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            parts = value.decode("latin-1").split("-")
+            return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+    return None
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, enabled: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        quiet = path in QUIET_PATHS
+        state = scope.setdefault("state", {})
+        started = time.perf_counter()
+        state["started"] = started
+        status_holder = {"status": 500}
+
+        async def record_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        metrics = None if quiet else self.metrics
+        if metrics is not None:
+            metrics.connections.inc()
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            duration = time.perf_counter() - started
+            if metrics is not None:
+                metrics.connections.dec()
+                self._observe(metrics, path, status_holder["status"], duration, state)
+            if self.enabled and not quiet:
+                self._log(scope, status_holder["status"], duration, state)
+
+    @staticmethod
+    def _observe(metrics: Metrics, path: str, status: int, duration: float, state: dict[str, Any]) -> None:
+        endpoint = endpoint_label(path)
+        metrics.requests.labels(str(status), endpoint, state.get("model") or "none").inc()
+        metrics.duration.labels(endpoint).observe(duration)
+        if endpoint not in GENERATION_ENDPOINTS or status != 200:
+            return
+        ttft = state.get("ttft_s")
+        if ttft is not None:
+            metrics.ttft.labels(endpoint, str(bool(state.get("stream"))).lower()).observe(ttft)
+        completion = (state.get("usage") or {}).get("completion_tokens")
+        if completion and duration > 0:
+            metrics.throughput.labels(endpoint).observe(completion / duration)
+
+    @staticmethod
+    def _log(scope: Scope, status: int, duration: float, state: dict[str, Any]) -> None:
+        usage = state.get("usage") or {}
+        fields = {
+            "request_id": state.get("request_id"),
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(duration * 1000, 2),
+            "model": state.get("model"),
+            "key_id": state.get("key_id"),
+            "client": (scope.get("client") or ("", 0))[0],
+            "stream": state.get("stream"),
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "ttft_ms": round(state["ttft_s"] * 1000, 2) if state.get("ttft_s") is not None else None,
+            "finish_reason": state.get("finish_reason"),
+            "error_type": state.get("error_type"),
+            "trace_id": _trace_id(scope),
+        }
+        logger.log(logging.WARNING if status >= 500 else logging.INFO, "request", extra=fields)

@@ -1,0 +1,97 @@
+"""Every metric the service exports, in one place.
+
+BentoML runs its workers with PROMETHEUS_MULTIPROC_DIR set and its /metrics aggregates every
+prometheus_client metric written in them, next to its own and vLLM's `vllm:*` metrics. So the
+objects here are created with `registry=None` (the multiprocess files are what counts), and
+every gauge names how processes combine.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Time to first token: 10 ms .. 60 s.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+# Whole requests: 10 ms .. 10 min.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Output tokens per second of one request.
+THROUGHPUT_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+# Bounded label values: the routes we own, everything else is "other".
+ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime"})
+
+
+def endpoint_label(path: str) -> str:
+    if path in ENDPOINTS:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
+    return "other"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "vllm_request_total", "Requests answered, by HTTP status, endpoint and model.",
+            ["status", "endpoint", "model"], registry=None,
+        )
+        self.duration = Histogram(
+            "vllm_request_duration_seconds", "Time from request to last byte of the response.",
+            ["endpoint"], buckets=DURATION_BUCKETS, registry=None,
+        )
+        self.active = Gauge(
+            "vllm_active_requests", "Generations admitted and not finished (running in the engine).",
+            multiprocess_mode="livesum", registry=None,
+        )
+        self.queue = Gauge(
+            "vllm_queue_size", "Generations waiting for an engine slot.",
+            multiprocess_mode="livesum", registry=None,
+        )
+        self.throughput = Histogram(
+            "vllm_token_throughput", "Output tokens per second of each finished generation.",
+            ["endpoint"], buckets=THROUGHPUT_BUCKETS, registry=None,
+        )
+        self.ttft = Histogram(
+            "vllm_ttft_seconds", "Time to first token (streaming: to the first content event; "
+            "non-streaming: as measured by the engine).",
+            ["endpoint", "stream"], buckets=TTFT_BUCKETS, registry=None,
+        )
+        self.connections = Gauge(
+            "vllm_concurrent_connections", "HTTP requests being served right now (probes and /metrics excluded).",
+            multiprocess_mode="livesum", registry=None,
+        )
+        self.breaker_state = Gauge(
+            "vllm_circuit_breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+            multiprocess_mode="max", registry=None,
+        )
+        self.warm_cache_hits = Counter(
+            "vllm_warm_cache_hits_total", "Engine starts that found their compile cache.", registry=None,
+        )
+        self.oom_events = Counter(
+            "vllm_oom_events_total", "Engine out-of-memory errors.", registry=None,
+        )
+        self.rate_limited = Counter(
+            "vllm_rate_limited_total", "Requests refused by a rate limit, by kind.", ["kind"], registry=None,
+        )
+        self.limiter_errors = Counter(
+            "vllm_rate_limit_storage_errors_total", "Failed calls to the rate-limit storage.", registry=None,
+        )
+        labels = ["gpu", "uuid"]
+        self.gpu_memory = Gauge(
+            "vllm_gpu_memory_usage_gb", "GPU memory used, GB.", labels, multiprocess_mode="mostrecent", registry=None,
+        )
+        self.gpu_memory_total = Gauge(
+            "vllm_gpu_memory_total_gb", "GPU memory in total, GB.", labels, multiprocess_mode="mostrecent",
+            registry=None,
+        )
+        self.gpu_utilization = Gauge(
+            "vllm_gpu_utilization_percent", "GPU utilization, %.", labels, multiprocess_mode="mostrecent",
+            registry=None,
+        )
+        self.gpu_temperature = Gauge(
+            "vllm_gpu_temperature_celsius", "GPU temperature, °C.", labels, multiprocess_mode="mostrecent",
+            registry=None,
+        )
+        self.gpu_power = Gauge(
+            "vllm_gpu_power_watts", "GPU power draw, W.", labels, multiprocess_mode="mostrecent", registry=None,
+        )
