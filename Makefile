@@ -12,7 +12,7 @@ export BENTOML_CONFIG ?= $(CURDIR)/configuration.yaml
 export BENTOML_HOME ?= $(CURDIR)/build/bentoml
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
+.PHONY: build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
 
 $(VENV)-uv/bin/uv:
 	python3 -m venv $(VENV)-uv && $(VENV)-uv/bin/pip install -q uv
@@ -49,6 +49,18 @@ test-integration: install system-deps
 
 build: install
 	$(VENV)/bin/bentoml build -f bentofile.yaml .
+
+build-cpu: install
+	$(VENV)/bin/bentoml build -f bentofile.cpu.yaml .
+
+containerize: build
+	$(VENV)/bin/bentoml containerize llm-service:latest -t llm-service:latest
+
+run-container:
+	docker run --rm --gpus all -p $(PORT):8080 -v llm-cache:/cache -e API_KEYS llm-service:latest
+
+test-packaging: install
+	$(PY) -m pytest tests/packaging -q
 
 health-check:
 	curl -fsS localhost:$(PORT)/healthz && echo && curl -fsS localhost:$(PORT)/readyz && echo ready

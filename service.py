@@ -21,6 +21,7 @@ gateway = Gateway()
     resources={"gpu": 1, "gpu_type": "nvidia-tesla-t4"},
     # Long generations: BentoML's own timeout answers 504 if no first byte came in time.
     traffic={"timeout": 3600},
+    http={"port": 8080},
 )
 @bentoml.asgi_app(gateway.app, path="/")
 class LLMService:
