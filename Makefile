@@ -12,7 +12,7 @@ export BENTOML_CONFIG ?= $(CURDIR)/configuration.yaml
 export BENTOML_HOME ?= $(CURDIR)/build/bentoml
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
+.PHONY: test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
 
 $(VENV)-uv/bin/uv:
 	python3 -m venv $(VENV)-uv && $(VENV)-uv/bin/pip install -q uv
@@ -39,10 +39,23 @@ serve: install
 	$(VENV)/bin/bentoml serve service:LLMService --port $(PORT)
 
 test: install system-deps
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests/unit tests/packaging tests/integration tests/security tests/load -q
 
 test-unit: install
 	$(PY) -m pytest tests/unit -q
+
+# Bounded load test: 300 concurrent clients against a fresh server on loopback.
+test-load: install
+	$(PY) -m pytest tests/load -q -s
+
+# Schemathesis fuzzing, auth matrix over every route, hostile inputs, ruff security rules.
+test-security: install
+	$(PY) -m pytest tests/security -q
+
+# Side-by-side with vLLM's own server; writes docs/benchmarks/ (about 10 minutes here).
+bench: install
+	$(PY) benchmarks/compare.py
+	$(PY) benchmarks/frontdoor_overhead.py
 
 test-integration: install system-deps
 	$(PY) -m pytest tests/integration -q

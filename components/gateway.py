@@ -50,7 +50,8 @@ class Gateway:
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = self._chain or self._downstream
-        assert target is not None
+        if target is None:
+            raise RuntimeError("GatewayMiddleware was never attached to BentoML's app")
         await target(scope, receive, send)
 
 

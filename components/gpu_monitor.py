@@ -108,12 +108,11 @@ class GpuMonitor:
             )
         self.latest = samples
         if self.metrics is not None:
-            self._export(samples)
+            self._export(self.metrics, samples)
         return samples
 
-    def _export(self, samples: list[GpuSample]) -> None:
-        m = self.metrics
-        assert m is not None
+    @staticmethod
+    def _export(m: Metrics, samples: list[GpuSample]) -> None:
         for s in samples:
             labels = (str(s.index), s.uuid)
             m.gpu_memory.labels(*labels).set(s.memory_used_gb)
@@ -143,4 +142,4 @@ class GpuMonitor:
             try:
                 self._nvml.nvmlShutdown()
             except Exception:  # noqa: BLE001 - shutdown must go on
-                pass
+                logger.debug("nvmlShutdown failed", exc_info=True)

@@ -75,6 +75,12 @@ def _check_limits(body: Any, limits: ApiSettings) -> None:
         role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
         if role not in _ROLES:
             raise InvalidRequest(f"messages[{index}].role must be one of {sorted(_ROLES)}.", param=f"messages.{index}.role")
+    if limits.max_tokens_limit:
+        requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if requested is not None and requested > limits.max_tokens_limit:
+            raise InvalidRequest(f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens")
+        if requested is None:
+            body.max_tokens = limits.max_tokens_limit
     stop = getattr(body, "stop", None)
     if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
         raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
@@ -238,12 +244,10 @@ def install_error_handlers(app: FastAPI) -> None:
         request.scope.setdefault("state", {})["error_type"] = error.code or error.type
         return ErrorResponse(error)
 
-    async def service_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
         return respond(request, exc)
 
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if request.method == "POST" and media_type.lower() != "application/json":
             return respond(
@@ -251,8 +255,7 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         return respond(request, _validation_error(exc))
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404:
             detail = "Unknown route."
@@ -262,7 +265,7 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.exception("unhandled error")
         return respond(request, ServiceError("The server failed to process the request."))
 
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ServiceError, service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected)

@@ -48,7 +48,8 @@ class EngineSettings(_Group):
     attention_backend: str = Field("AUTO", alias="VLLM_ATTENTION_BACKEND")
     swap_space: float | None = Field(None, alias="SWAP_SPACE", ge=0)
     enforce_eager: bool | None = Field(None, alias="ENFORCE_EAGER")
-    cache_dir: str = Field("/tmp/vllm_cache", alias="VLLM_CACHE_DIR")
+    # The documented default; production points it at a mounted volume.
+    cache_dir: str = Field("/tmp/vllm_cache", alias="VLLM_CACHE_DIR")  # noqa: S108
     hf_home: str | None = Field(None, alias="HF_HOME")
     cpu_kvcache_space_gib: int = Field(1, alias="VLLM_CPU_KVCACHE_SPACE", ge=1)
     tool_call_parser: str | None = Field(None, alias="TOOL_CALL_PARSER")
@@ -74,6 +75,7 @@ class ApiSettings(_Group):
     )
     max_request_bytes: int = Field(1_048_576, alias="MAX_REQUEST_BYTES", ge=1024)
     max_n: int = Field(8, alias="MAX_N", ge=1, le=128)
+    max_tokens_limit: int = Field(0, alias="MAX_TOKENS_LIMIT", ge=0)
     max_messages: int = Field(512, alias="MAX_MESSAGES", ge=1)
     max_stop_sequences: int = Field(16, alias="MAX_STOP_SEQUENCES", ge=0)
 
