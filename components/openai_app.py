@@ -24,7 +24,7 @@ from components.errors import (
 )
 from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
-from components.vllm_bridge import OpenAIBridge, Stream, request_models
+from components.vllm_bridge import OpenAIBridge, Stream, request_models, to_service_error, vllm_error_types
 
 logger = logging.getLogger(__name__)
 ChatCompletionRequest, CompletionRequest, StreamOptions = request_models()
@@ -261,6 +261,14 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = "Unknown route."
         return respond(request, from_status(exc.status_code, detail))
 
+    async def engine_side(request: Request, exc: Exception) -> Response:
+        # vLLM validates some fields while building its request objects and raises
+        # (VLLMValidationError, ValueError, ...): mapped as vLLM's own server maps them.
+        error = to_service_error(exc)
+        if error.status >= 500:
+            logger.error("request failed: %s", type(exc).__name__, exc_info=exc)
+        return respond(request, error)
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error")
         return respond(request, ServiceError("The server failed to process the request."))
@@ -268,4 +276,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, service_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    # Specific types go through Starlette's ExceptionMiddleware; only the catch-all
+    # Exception handler runs in ServerErrorMiddleware, which re-raises after answering.
+    for exc_type in (*vllm_error_types(), ValueError, TypeError, OverflowError, RecursionError):
+        app.add_exception_handler(exc_type, engine_side)
     app.add_exception_handler(Exception, unexpected)

@@ -37,6 +37,12 @@ def request_models() -> tuple[type, type, type]:
     return ChatCompletionRequest, CompletionRequest, StreamOptions
 
 
+def vllm_error_types() -> tuple[type[Exception], ...]:
+    from vllm.exceptions import VLLMError
+
+    return (VLLMError,)
+
+
 def to_service_error(exc: BaseException) -> ServiceError:
     from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
     from vllm.v1.engine.exceptions import EngineDeadError

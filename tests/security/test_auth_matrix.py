@@ -17,6 +17,7 @@ def bentoml_routes() -> list[tuple[str, str]]:
 
     import service
 
+    service.LLMService.inject_config()
     app = ServiceAppFactory(service.LLMService, is_main=True)()
     routes = []
     for route in app.routes:
