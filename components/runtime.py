@@ -301,10 +301,21 @@ class Runtime:
         logger.info("SIGTERM: draining %d in-flight request(s), up to %.0f s", len(self.gate.inflight), timeout)
         clean = await self.gate.drain(timeout)
         logger.info("drain %s", "complete" if clean else "ended by timeout")
-        if callable(previous):
-            previous(signum, frame)
-        else:
+        if not callable(previous):
             raise SystemExit(0)
+        previous(signum, frame)
+        # uvicorn now closes idle connections and waits, without bound, for the others.
+        # Our own requests are finished; a client that keeps a connection open must not
+        # keep the process (and the pod) alive: after a short grace, force the exit.
+        server = getattr(previous, "__self__", None)
+        if server is None or not hasattr(server, "force_exit"):
+            return
+        await asyncio.sleep(5)
+        connections = getattr(getattr(server, "server_state", None), "connections", ())
+        logger.warning("%d connection(s) still open 5 s after the drain; forcing the exit", len(connections))
+        # uvicorn skips the lifespan shutdown when forced: run ours first.
+        await self.shutdown()
+        server.force_exit = True
 
     def front_door(self, downstream: Any) -> Any:
         """The middleware around BentoML's whole app (probes and /metrics included)."""

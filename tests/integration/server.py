@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -50,14 +51,22 @@ class Server:
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()[-4000:]}")
 
     def stop(self, timeout: float = 90) -> int:
-        """SIGTERM, as Kubernetes sends it; SIGKILL to our own process group if it hangs."""
+        """SIGTERM, as Kubernetes sends it. If it hangs, SIGKILL every process it started
+        (BentoML's workers run in sessions of their own, out of our process group)."""
         if self.process.poll() is None:
+            try:
+                tree = psutil.Process(self.process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+            _, alive = psutil.wait_procs(tree, timeout=10)
+            for proc in alive:
+                proc.kill()
         return self.process.returncode
 
 

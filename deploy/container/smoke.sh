@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Container smoke test, built and run on this machine: `make test-container`.
+#
+# 1. starts a private dockerd (its own data root and socket; stopped by its PID at the end),
+# 2. builds a local Debian bookworm base with Python 3.11 (debootstrap: no registry is
+#    reachable here), carrying the host's CA bundle (egress re-signs TLS),
+# 3. builds the CPU bento and `bentoml containerize`s it on that base; torch==2.13.0+cpu is
+#    not on PyPI, so the wheel from pip's local find-links folder goes into the bento,
+# 4. runs the image as BentoML's non-root user with a port mapping, waits for /readyz, sends
+#    a chat completion with the openai client, `docker stop`s it (SIGTERM to PID 1) and
+#    checks that it drained and exited 0 within the grace period,
+# 5. removes the images and stops the daemon.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+PY=$ROOT/.venv/bin/python
+WORK=${SMOKE_WORK:-/tmp/llm-container-smoke}
+SOCK=$WORK/docker.sock
+PORT=${SMOKE_PORT:-18080}
+BASE=llm-local/python:3.11-bookworm
+IMAGE=llm-service-cpu:smoke
+WHEELS=$(pip config get global.find-links 2>/dev/null || echo /opt/wheels)
+TORCH_WHEEL=$(ls "$WHEELS"/torch-2.13.0+cpu-*.whl | head -1)
+mkdir -p "$WORK"
+export DOCKER_HOST=unix://$SOCK DOCKER_BUILDKIT=0
+# Debian's docker CLI first: the other one in PATH here lacks buildx.
+export PATH=/usr/bin:$PATH
+
+command -v dockerd >/dev/null && command -v debootstrap >/dev/null || {
+  apt-get update -q && apt-get install -y -q --no-install-recommends docker.io debootstrap; }
+
+cleanup() {
+  set +e
+  docker rm -f llm-smoke >/dev/null 2>&1
+  docker rmi -f "$IMAGE" "$BASE" llm-local/bookworm:minbase >/dev/null 2>&1
+  if [ -f "$WORK/dockerd.pid" ]; then kill "$(cat "$WORK/dockerd.pid")"; sleep 3; fi
+}
+trap cleanup EXIT
+
+echo "== dockerd"
+dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" -H "unix://$SOCK" \
+  --pidfile "$WORK/dockerd.pid" >"$WORK/dockerd.log" 2>&1 &
+for _ in $(seq 50); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+docker info >/dev/null
+
+echo "== base image (debootstrap bookworm minbase + python3.11)"
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+  rm -rf "$WORK/rootfs"
+  debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log"
+  tar -C "$WORK/rootfs" -c . | docker import - llm-local/bookworm:minbase >/dev/null
+  mkdir -p "$WORK/base"
+  cp /etc/ssl/certs/ca-certificates.crt "$WORK/base/host-ca.crt"
+  cat >"$WORK/base/Dockerfile" <<'EOF'
+FROM llm-local/bookworm:minbase
+COPY host-ca.crt /usr/local/share/ca-certificates/host-ca.crt
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates \
+    && update-ca-certificates && ln -sf /usr/bin/python3 /usr/bin/python && rm -rf /var/lib/apt/lists/*
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt PIP_BREAK_SYSTEM_PACKAGES=1
+EOF
+  docker build -q -t "$BASE" "$WORK/base" >/dev/null
+fi
+
+echo "== CPU bento on the local base"
+export BENTOML_HOME=$WORK/bentoml
+rm -rf "$WORK/bento-src" && mkdir -p "$WORK/bento-src/requirements"
+cp -r service.py components configuration.yaml deploy "$WORK/bento-src/"
+grep -v '^torch==' requirements/cpu-runtime.lock >"$WORK/bento-src/requirements/cpu-runtime.lock"
+cp "$TORCH_WHEEL" "$WORK/bento-src/"
+sed -e "s|^  extra_index_url:|  wheels:\n    - \"$(basename "$TORCH_WHEEL")\"\n  extra_index_url:|" \
+    -e "s|^docker:|docker:\n  base_image: \"$BASE\"|" \
+    bentofile.cpu.yaml >"$WORK/bento-src/bentofile.yaml"
+(cd "$WORK/bento-src" && "$ROOT/.venv/bin/bentoml" build -f bentofile.yaml . >/dev/null)
+"$ROOT/.venv/bin/bentoml" containerize llm-service-cpu:latest -t "$IMAGE" --backend docker >"$WORK/containerize.log" 2>&1 \
+  || { tail -40 "$WORK/containerize.log"; exit 1; }
+
+echo "== run"
+docker run -d --name llm-smoke -p "127.0.0.1:$PORT:8080" -e API_KEYS=sk-smoke-key "$IMAGE" >/dev/null
+[ "$(docker inspect -f '{{.Config.User}}' llm-smoke)" = "bentoml" ]
+for _ in $(seq 300); do
+  curl -fsS "localhost:$PORT/readyz" >/dev/null 2>&1 && break
+  [ "$(docker inspect -f '{{.State.Running}}' llm-smoke)" = "true" ] || { docker logs llm-smoke | tail -40; exit 1; }
+  sleep 1
+done
+curl -fsS "localhost:$PORT/readyz"; echo
+"$PY" - "$PORT" <<'EOF'
+import sys, openai
+client = openai.OpenAI(base_url=f"http://127.0.0.1:{sys.argv[1]}/v1", api_key="sk-smoke-key")
+reply = client.chat.completions.create(model="gpt-4", temperature=0, max_tokens=20,
+    messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}])
+print("answer:", reply.choices[0].message.content)
+assert "Paris" in reply.choices[0].message.content
+EOF
+
+echo "== docker stop (SIGTERM to PID 1)"
+started=$(date +%s)
+docker stop --time 60 llm-smoke >/dev/null
+elapsed=$(( $(date +%s) - started ))
+code=$(docker inspect -f '{{.State.ExitCode}}' llm-smoke)
+docker logs llm-smoke 2>&1 | grep -E "SIGTERM|drain" | tail -3 || true
+echo "exit code $code after ${elapsed}s"
+[ "$code" = "0" ] && [ "$elapsed" -lt 60 ]
+echo "container smoke test passed"
