@@ -12,7 +12,7 @@ export BENTOML_CONFIG ?= $(CURDIR)/configuration.yaml
 export BENTOML_HOME ?= $(CURDIR)/build/bentoml
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
+.PHONY: test-container test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
 
 $(VENV)-uv/bin/uv:
 	python3 -m venv $(VENV)-uv && $(VENV)-uv/bin/pip install -q uv
@@ -71,6 +71,10 @@ containerize: build
 
 run-container:
 	docker run --rm --gpus all -p $(PORT):8080 -v llm-cache:/cache -e API_KEYS llm-service:latest
+
+# Builds the CPU image on a local Debian base with a private dockerd, runs it, stops it.
+test-container: install
+	bash deploy/container/smoke.sh
 
 test-packaging: install
 	$(PY) -m pytest tests/packaging -q

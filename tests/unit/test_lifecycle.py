@@ -70,3 +70,22 @@ def test_drain_waits_then_aborts_what_is_left() -> None:
         assert g.breaker.state is State.CLOSED  # draining aborts are not engine faults
 
     asyncio.run(scenario())
+
+
+def test_out_of_memory_is_a_503_engine_fault_reported_once() -> None:
+    from components.vllm_bridge import to_service_error
+
+    error = to_service_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert error.status == 503 and error.code == "out_of_memory"
+    assert is_engine_fault(error)
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        g, _ = gate()
+        g.on_error = lambda e: seen.append(e.code or "")
+        ticket = await g.enter(["x"])
+        ticket.finish(error)
+        ticket.finish(error)  # finish is idempotent
+
+    asyncio.run(scenario())
+    assert seen == ["out_of_memory"]
