@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -97,9 +98,13 @@ def test_request_id_round_trips_into_the_json_access_log(server, http: httpx.Cli
         headers={"x-request-id": rid, "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
     )
     assert response.headers["x-request-id"] == rid
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{") and rid in line]
-    access = [line for line in lines if line.get("message") == "request"]
-    assert len(access) == 1, lines
+    access: list[dict] = []
+    deadline = time.monotonic() + 10  # the worker's output reaches the file through BentoML's process manager
+    while not access and time.monotonic() < deadline:
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{") and rid in line]
+        access = [line for line in lines if line.get("message") == "request"]
+        time.sleep(0.2)
+    assert len(access) == 1, access
     entry = access[0]
     assert entry["path"] == "/v1/chat/completions" and entry["status"] == 200
     assert entry["model"] == "SmolLM2-135M-Instruct" and entry["key_id"].startswith("key-")
