@@ -67,7 +67,8 @@ build-cpu: install
 	$(VENV)/bin/bentoml build -f bentofile.cpu.yaml .
 
 containerize: build
-	$(VENV)/bin/bentoml containerize llm-service:latest -t llm-service:latest
+	# From /: BentoML 1.4 refuses our dockerfile_template otherwise (it resolves it in a temp dir).
+	cd / && $(CURDIR)/$(VENV)/bin/bentoml containerize llm-service:latest -t llm-service:latest
 
 run-container:
 	docker run --rm --gpus all -p $(PORT):8080 -v llm-cache:/cache -e API_KEYS llm-service:latest

@@ -67,11 +67,20 @@ rm -rf "$WORK/bento-src" && mkdir -p "$WORK/bento-src/requirements"
 cp -r service.py components configuration.yaml deploy "$WORK/bento-src/"
 grep -v '^torch==' requirements/cpu-runtime.lock >"$WORK/bento-src/requirements/cpu-runtime.lock"
 cp "$TORCH_WHEEL" "$WORK/bento-src/"
-sed -e "s|^  extra_index_url:|  wheels:\n    - \"$(basename "$TORCH_WHEEL")\"\n  extra_index_url:|" \
-    -e "s|^docker:|docker:\n  base_image: \"$BASE\"|" \
-    bentofile.cpu.yaml >"$WORK/bento-src/bentofile.yaml"
+# PyTorch's index is out of reach here: torch comes from the wheel put into the bento.
+"$PY" - "$(basename "$TORCH_WHEEL")" "$BASE" "$WORK/bento-src/bentofile.yaml" <<'EOF'
+import sys, yaml
+wheel, base, out = sys.argv[1:]
+config = yaml.safe_load(open("bentofile.cpu.yaml"))
+config["python"].pop("extra_index_url")
+config["python"]["wheels"] = [wheel]
+config["docker"]["base_image"] = base
+yaml.safe_dump(config, open(out, "w"), sort_keys=False)
+EOF
 (cd "$WORK/bento-src" && "$ROOT/.venv/bin/bentoml" build -f bentofile.yaml . >/dev/null)
-"$ROOT/.venv/bin/bentoml" containerize llm-service-cpu:latest -t "$IMAGE" --backend docker >"$WORK/containerize.log" 2>&1 \
+# From /: BentoML 1.4 refuses a dockerfile_template outside the current directory, and it
+# resolves ours inside its temporary build context.
+(cd / && "$ROOT/.venv/bin/bentoml" containerize llm-service-cpu:latest -t "$IMAGE" --backend docker) >"$WORK/containerize.log" 2>&1 \
   || { tail -40 "$WORK/containerize.log"; exit 1; }
 
 echo "== run"
