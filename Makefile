@@ -71,7 +71,7 @@ containerize: build
 	cd / && $(CURDIR)/$(VENV)/bin/bentoml containerize llm-service:latest -t llm-service:latest
 
 run-container:
-	docker run --rm --gpus all -p $(PORT):8080 -v llm-cache:/cache -e API_KEYS llm-service:latest
+	docker run --rm --gpus all --shm-size 2g -p $(PORT):8080 -v llm-cache:/cache -e API_KEYS llm-service:latest
 
 # Builds the CPU image on a local Debian base with a private dockerd, runs it, stops it.
 test-container: install

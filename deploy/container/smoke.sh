@@ -53,7 +53,7 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   cat >"$WORK/base/Dockerfile" <<'EOF'
 FROM llm-local/bookworm:minbase
 COPY host-ca.crt /usr/local/share/ca-certificates/host-ca.crt
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates libnuma1 libgomp1 \
     && update-ca-certificates && ln -sf /usr/bin/python3 /usr/bin/python && rm -rf /var/lib/apt/lists/*
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt PIP_BREAK_SYSTEM_PACKAGES=1
@@ -84,7 +84,7 @@ EOF
   || { tail -40 "$WORK/containerize.log"; exit 1; }
 
 echo "== run"
-docker run -d --name llm-smoke -p "127.0.0.1:$PORT:8080" -e API_KEYS=sk-smoke-key "$IMAGE" >/dev/null
+docker run -d --name llm-smoke --shm-size 1g -p "127.0.0.1:$PORT:8080" -e API_KEYS=sk-smoke-key "$IMAGE" >/dev/null
 [ "$(docker inspect -f '{{.Config.User}}' llm-smoke)" = "bentoml" ]
 for _ in $(seq 300); do
   curl -fsS "localhost:$PORT/readyz" >/dev/null 2>&1 && break

