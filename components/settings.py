@@ -142,7 +142,6 @@ class ResilienceSettings(_Group):
 
 
 class ServerSettings(_Group):
-    port: int = Field(8080, alias="PORT", ge=1, le=65535)
     readiness_strict: bool = Field(True, alias="READINESS_STRICT")
     request_tracing: bool = Field(True, alias="ENABLE_REQUEST_TRACING")
     otlp_traces_endpoint: str | None = Field(None, alias="OTLP_TRACES_ENDPOINT")
