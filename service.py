@@ -9,11 +9,16 @@ import os
 import bentoml
 
 from components.gateway import Gateway, GatewayMiddleware
+from components.settings import validate_settings
 
 logger = logging.getLogger("service")
 
 # Empty at import (so `bentoml build` needs no engine); filled in the startup hook.
 gateway = Gateway()
+
+# The one import-time check: a bad setting must stop `bentoml serve` itself with one line,
+# not a worker that BentoML's process manager would restart again and again.
+validate_settings()
 
 
 @bentoml.service(

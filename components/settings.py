@@ -222,6 +222,14 @@ def load_settings() -> Settings:
     return Settings(**groups)  # type: ignore[arg-type]
 
 
+def validate_settings() -> None:
+    """Exit with one line (status 2) if any setting is invalid; nothing is kept."""
+    try:
+        load_settings()
+    except SettingsError:
+        raise SystemExit(2) from None
+
+
 def export_engine_environment(engine: EngineSettings, on_cpu: bool, vllm_cache_root: str | None = None) -> None:
     """vLLM and Hugging Face read these from the process environment, not from arguments."""
     os.environ["VLLM_CACHE_ROOT"] = vllm_cache_root or engine.cache_dir
