@@ -47,7 +47,8 @@ class ServiceError(Exception):
 
 
 class InvalidRequest(ServiceError):
-    status, type, code = 400, INVALID, None
+    status, type = 400, INVALID
+    code: str | None = None
 
 
 class ContextLengthExceeded(InvalidRequest):
