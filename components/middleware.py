@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from components.auth import AuthMiddleware, KeyStore
 from components.errors import PayloadTooLarge, ServiceError
-from components.ratelimit import RateLimiter, Window
+from components.ratelimit import RateLimiter
 from components.responses import send_error
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -21,11 +21,6 @@ LIMITED_PREFIX = "/v1/"
 RATE_LIMIT_HEADERS = [
     f"x-ratelimit-{what}-{kind}" for kind in ("requests", "tokens") for what in ("limit", "remaining", "reset")
 ]
-
-
-def request_id_of(scope: Scope) -> str | None:
-    state = scope.get("state") or {}
-    return state.get("request_id")
 
 
 class RequestIdMiddleware:
@@ -192,5 +187,3 @@ def install_middleware(
         app = wrapper(app)
     return RequestIdMiddleware(app)
 
-
-__all__ = ["Window", "install_middleware", "request_id_of"]

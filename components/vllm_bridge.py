@@ -140,10 +140,9 @@ def _error_from_event(event: str) -> ServiceError:
 
 
 class OpenAIBridge:
-    def __init__(self, state: Any, served_name: str, max_model_len: int) -> None:
+    def __init__(self, state: Any, served_name: str) -> None:
         self._state = state
         self.served_name = served_name
-        self.max_model_len = max_model_len
 
     @classmethod
     async def create(cls, engine: AsyncLLM, args: Namespace) -> OpenAIBridge:
@@ -154,7 +153,7 @@ class OpenAIBridge:
         tasks = await engine.get_supported_tasks()
         await init_app_state(engine, state, args, tasks)
         served = args.served_model_name[0] if args.served_model_name else args.model
-        return cls(state, served, engine.model_config.max_model_len)
+        return cls(state, served)
 
     @staticmethod
     def engine_ids(body: Any) -> list[str]:

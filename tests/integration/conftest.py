@@ -11,7 +11,7 @@ import openai
 import pytest
 import redis
 
-from tests.integration.server import Server, free_port, start_server
+from tests.integration.server import Server, free_port, running_server
 
 MAIN_KEY = "sk-test-main-4f1c9a"
 LIMITED_KEY = "sk-test-limited-77b2e0"
@@ -73,14 +73,10 @@ def main_server_env(redis_url: str) -> dict[str, str]:
 def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
     """One real service (bentoml serve + vLLM + the bundled model) for the whole session."""
     log_dir: Path = tmp_path_factory.mktemp("server")
-    srv = start_server(log_dir, env=main_server_env(redis_url))
-    try:
-        srv.wait_ready()
+    with running_server(log_dir, env=main_server_env(redis_url)) as srv:
         yield srv
-    finally:
-        code = srv.stop()
     # After a whole session of traffic, SIGTERM still drains and exits cleanly.
-    assert code == 0, srv.log()[-3000:]
+    assert srv.process.returncode == 0, srv.log()[-3000:]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,17 @@ class Server:
             for proc in alive:
                 proc.kill()
         return self.process.returncode
+
+
+@contextmanager
+def running_server(log_dir: Path, env: dict[str, str] | None = None, name: str = "server") -> Iterator[Server]:
+    """A started, ready server, stopped by SIGTERM on exit (its exit status in `returncode`)."""
+    server = start_server(log_dir, env, name)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 def start_server(log_dir: Path, env: dict[str, str] | None = None, name: str = "server") -> Server:

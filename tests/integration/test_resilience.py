@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.server import Server, start_server
+from tests.integration.server import Server, running_server, start_server
 
 PROMPT = "Once upon a time"
 
@@ -90,23 +90,16 @@ def test_non_streaming_disconnect_aborts_too(server: Server, auth: dict[str, str
 
 @pytest.fixture(scope="module")
 def drain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("drain"),
-        env={
-            "API_KEYS": "",
-            "DEFAULT_RATE_LIMIT": "1000",
-            "GRACEFUL_SHUTDOWN_TIMEOUT": "60",
-            "REQUEST_TIMEOUT_SECONDS": "5",
-            "TOOL_CALL_PARSER": "none",
-            "MAX_NUM_SEQS": "8",
-        },
-        name="drain",
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "API_KEYS": "",
+        "DEFAULT_RATE_LIMIT": "1000",
+        "GRACEFUL_SHUTDOWN_TIMEOUT": "60",
+        "REQUEST_TIMEOUT_SECONDS": "5",
+        "TOOL_CALL_PARSER": "none",
+        "MAX_NUM_SEQS": "8",
+    }
+    with running_server(tmp_path_factory.mktemp("drain"), env, name="drain") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_tools_without_a_parser_get_a_clear_400(drain_server: Server) -> None:

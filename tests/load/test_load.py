@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.server import Server, start_server
+from tests.integration.server import Server, running_server
 
 KEY_SMALL, KEY_BIG = "sk-load-small-1f2e", "sk-load-big-9c8d"
 SMALL_LIMIT = 60
@@ -28,21 +28,14 @@ MEMORY_BOUND_MB = 400
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("load"),
-        env={
-            "API_KEYS": f"{KEY_SMALL},{KEY_BIG}",
-            "API_KEY_LIMITS": f"{KEY_SMALL}:{SMALL_LIMIT},{KEY_BIG}:100000",
-            "MAX_NUM_SEQS": "16",
-            "MAX_QUEUE_SIZE": "32",
-        },
-        name="load",
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "API_KEYS": f"{KEY_SMALL},{KEY_BIG}",
+        "API_KEY_LIMITS": f"{KEY_SMALL}:{SMALL_LIMIT},{KEY_BIG}:100000",
+        "MAX_NUM_SEQS": "16",
+        "MAX_QUEUE_SIZE": "32",
+    }
+    with running_server(tmp_path_factory.mktemp("load"), env, name="load") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def worker_rss_mb(server: Server) -> float:

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.server import Server, start_server
+from tests.integration.server import Server, running_server
 
 KEY = "sk-security-suite-5e6f7a"
 
@@ -12,22 +12,15 @@ KEY = "sk-security-suite-5e6f7a"
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Keys on; generations kept short so that fuzzing stays bounded in time."""
-    srv = start_server(
-        tmp_path_factory.mktemp("security"),
-        env={
-            "API_KEYS": KEY,
-            "API_KEY_LIMITS": f"{KEY}:1000000",
-            "MAX_TOKENS_LIMIT": "16",
-            "MAX_N": "2",
-            "MAX_NUM_SEQS": "8",
-            "MAX_QUEUE_SIZE": "64",
-            "MAX_REQUEST_BYTES": "262144",
-            "REQUEST_TIMEOUT_SECONDS": "60",
-        },
-        name="security",
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "API_KEYS": KEY,
+        "API_KEY_LIMITS": f"{KEY}:1000000",
+        "MAX_TOKENS_LIMIT": "16",
+        "MAX_N": "2",
+        "MAX_NUM_SEQS": "8",
+        "MAX_QUEUE_SIZE": "64",
+        "MAX_REQUEST_BYTES": "262144",
+        "REQUEST_TIMEOUT_SECONDS": "60",
+    }
+    with running_server(tmp_path_factory.mktemp("security"), env, name="security") as srv:
         yield srv
-    finally:
-        srv.stop()
