@@ -70,3 +70,40 @@ def test_engine_args_parse_with_vllms_own_parser() -> None:
 
     args = parse_engine_args(resolve_spec(engine_settings(MAX_NUM_SEQS="3"), 0))
     assert args.max_num_seqs == 3 and args.enforce_eager is True
+
+
+AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
+SAPPHIRE_RAPIDS = AVX2_ONLY | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+
+
+def dtype_of(spec) -> str:  # type: ignore[no-untyped-def]
+    return spec.cli_args[spec.cli_args.index("--dtype") + 1]
+
+
+def test_auto_dtype_on_cpu_is_float32_without_native_bf16() -> None:
+    spec = resolve_spec(engine_settings(), gpu_count=0, cpu_flags=AVX2_ONLY)
+    assert dtype_of(spec) == "float32"
+    assert "no native bfloat16" in spec.dtype_reason
+
+
+@pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16"])
+def test_auto_dtype_on_cpu_is_bfloat16_with_native_bf16(flag: str) -> None:
+    spec = resolve_spec(engine_settings(), gpu_count=0, cpu_flags=AVX2_ONLY | {flag})
+    assert dtype_of(spec) == "bfloat16"
+    assert flag in spec.dtype_reason
+    assert dtype_of(resolve_spec(engine_settings(), gpu_count=0, cpu_flags=SAPPHIRE_RAPIDS)) == "bfloat16"
+
+
+def test_explicit_dtype_wins_and_gpu_keeps_auto() -> None:
+    assert dtype_of(resolve_spec(engine_settings(DTYPE="bfloat16"), gpu_count=0, cpu_flags=AVX2_ONLY)) == "bfloat16"
+    assert dtype_of(resolve_spec(engine_settings(DTYPE="float32"), gpu_count=0, cpu_flags=SAPPHIRE_RAPIDS)) == "float32"
+    assert dtype_of(resolve_spec(engine_settings(), gpu_count=1, cpu_flags=AVX2_ONLY)) == "auto"
+
+
+def test_host_cpu_flags_reads_proc_cpuinfo_format(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 amx_bf16\n")
+    from components.engine import host_cpu_flags
+
+    assert host_cpu_flags(str(info)) == {"fpu", "avx2", "amx_bf16"}
+    assert host_cpu_flags(str(tmp_path / "missing")) == frozenset()
