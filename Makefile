@@ -12,7 +12,7 @@ export BENTOML_CONFIG ?= $(CURDIR)/configuration.yaml
 export BENTOML_HOME ?= $(CURDIR)/build/bentoml
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: test-container test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
+.PHONY: test-soak test-container test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
 
 $(VENV)-uv/bin/uv:
 	python3 -m venv $(VENV)-uv && $(VENV)-uv/bin/pip install -q uv
@@ -47,6 +47,11 @@ test-unit: install
 # Bounded load test: 300 concurrent clients against a fresh server on loopback.
 test-load: install
 	$(PY) -m pytest tests/load -q -s
+
+# Hostile-tenant soak (SOAK_SECONDS, default 120): one key attacks while another works;
+# writes docs/benchmarks/soak.json.
+test-soak: install
+	$(PY) -m pytest tests/soak -q -s
 
 # Schemathesis fuzzing, auth matrix over every route, hostile inputs, ruff security rules.
 test-security: install

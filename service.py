@@ -8,6 +8,7 @@ import os
 
 import bentoml
 
+from components import bentoml_metrics
 from components.gateway import Gateway, GatewayMiddleware
 from components.settings import validate_settings
 
@@ -19,6 +20,8 @@ gateway = Gateway()
 # The one import-time check: a bad setting must stop `bentoml serve` itself with one line,
 # not a worker that BentoML's process manager would restart again and again.
 validate_settings()
+# Before BentoML builds its middleware: its request metrics get bounded path labels.
+bentoml_metrics.install()
 
 
 @bentoml.service(

@@ -9,7 +9,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from components.errors import ClientClosed
 from components.metrics import Metrics, endpoint_label
+from components.responses import send_error
 
 logger = logging.getLogger("access")
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
@@ -44,6 +46,7 @@ class AccessLogMiddleware:
         async def record_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["started"] = 1
             await send(message)
 
         metrics = None if quiet else self.metrics
@@ -51,13 +54,21 @@ class AccessLogMiddleware:
             metrics.connections.inc()
         try:
             await self.app(scope, receive, record_status)
+            if "started" not in status_holder:
+                # Nothing answered (the client left before its body was read, say). Some
+                # answer must go out: BentoML's timeout middleware waits for a first send,
+                # and would park this request for traffic.timeout otherwise.
+                state.setdefault("error_type", ClientClosed.code)
+                await send_error(record_status, ClientClosed("The client closed the connection."))
         finally:
             duration = time.perf_counter() - started
+            # A client gone mid-stream was answered 200 on the wire; it is recorded as 499.
+            status = state.get("status") or status_holder["status"]
             if metrics is not None:
                 metrics.connections.dec()
-                self._observe(metrics, path, status_holder["status"], duration, state)
+                self._observe(metrics, path, status, duration, state)
             if self.enabled and not quiet:
-                self._log(scope, status_holder["status"], duration, state)
+                self._log(scope, status, duration, state)
 
     @staticmethod
     def _observe(metrics: Metrics, path: str, status: int, duration: float, state: dict[str, Any]) -> None:

@@ -9,13 +9,19 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from components.errors import AuthenticationFailed
+from components.errors import AuthenticationFailed, PermissionDenied
 from components.responses import send_error
 
 logger = logging.getLogger(__name__)
 
 # Open without a key: probes, the API docs, and /metrics unless PROTECT_METRICS is set.
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/docs", "/openapi.json"})
+# Need an admin key (ADMIN_API_KEYS) whenever keys are on: they show the service's insides.
+ADMIN_PATHS = frozenset({"/debug/runtime"})
+
+
+def public_paths(protect_metrics: bool) -> frozenset[str]:
+    return PUBLIC_PATHS if protect_metrics else PUBLIC_PATHS | {"/metrics"}
 
 
 def _digest(key: str) -> bytes:
@@ -30,10 +36,13 @@ def key_id(key: str) -> str:
 @dataclass(frozen=True)
 class KeyStore:
     digests: tuple[tuple[bytes, str], ...]
+    admin_ids: frozenset[str] = frozenset()
 
     @classmethod
-    def from_keys(cls, keys: tuple[str, ...]) -> KeyStore:
-        return cls(tuple((_digest(k), key_id(k)) for k in keys))
+    def from_keys(cls, keys: tuple[str, ...], admin_keys: tuple[str, ...] = ()) -> KeyStore:
+        # An admin key is an API key too: it authenticates every route.
+        every = dict.fromkeys((*keys, *admin_keys))
+        return cls(tuple((_digest(k), key_id(k)) for k in every), frozenset(key_id(k) for k in admin_keys))
 
     @property
     def enabled(self) -> bool:
@@ -47,6 +56,9 @@ class KeyStore:
             if hmac.compare_digest(candidate, digest):
                 found = kid
         return found
+
+    def is_admin(self, kid: str) -> bool:
+        return kid in self.admin_ids
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -64,7 +76,7 @@ class AuthMiddleware:
     def __init__(self, app: ASGIApp, keys: KeyStore, protect_metrics: bool = False) -> None:
         self.app = app
         self.keys = keys
-        self.public = PUBLIC_PATHS if protect_metrics else PUBLIC_PATHS | {"/metrics"}
+        self.public = public_paths(protect_metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self.keys.enabled:
@@ -75,6 +87,10 @@ class AuthMiddleware:
         state = scope.setdefault("state", {})
         if kid is not None:
             state["key_id"] = kid
+            if scope["path"] in ADMIN_PATHS and not self.keys.is_admin(kid):
+                state["error_type"] = "permission_denied"
+                await send_error(send, PermissionDenied("This route needs an admin key (ADMIN_API_KEYS)."))
+                return
             await self.app(scope, receive, send)
             return
         if scope["path"] in self.public:

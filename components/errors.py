@@ -16,6 +16,9 @@ class ServiceError(Exception):
     status: int = 500
     type: str = SERVER
     code: str | None = "internal_error"
+    # A fault of the inference engine: the only outcome the circuit breaker counts as a
+    # failure. Client-chosen limits, disconnects, refusals and every 4xx are not.
+    engine_fault: bool = False
 
     def __init__(
         self,
@@ -67,6 +70,24 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class PermissionDenied(ServiceError):
+    status, type, code = 403, INVALID, "permission_denied"
+
+
+class RequestTimeout(ServiceError):
+    status, type, code = 408, INVALID, "request_timeout"
+
+
+class HeadersTooLarge(ServiceError):
+    status, type, code = 431, INVALID, "headers_too_large"
+
+
+class ClientClosed(ServiceError):
+    """The client went away before the answer (nginx's 499); recorded, never sent to anyone."""
+
+    status, type, code = 499, INVALID, "client_closed_request"
+
+
 class MethodNotAllowed(ServiceError):
     status, type, code = 405, INVALID, "method_not_allowed"
 
@@ -97,6 +118,24 @@ class GenerationTimeout(ServiceError):
 
 class EngineFailure(ServiceError):
     status, type, code = 500, SERVER, "engine_error"
+    engine_fault = True
+
+
+class ServingFailure(ServiceError):
+    """A 500 from vLLM's request-handling code (a bug a request's content can trigger, such
+    as an IndexError formatting logprobs): not the engine's health, so the breaker ignores it."""
+
+    status, type, code = 500, SERVER, "internal_error"
+
+
+class EngineDead(Unavailable):
+    code = "engine_dead"
+    engine_fault = True
+
+
+class EngineOutOfMemory(Unavailable):
+    code = "out_of_memory"
+    engine_fault = True
 
 
 def render_json(error: ServiceError) -> bytes:
@@ -135,4 +174,4 @@ def from_status(status: int, message: str, param: str | None = None) -> ServiceE
         return cls(message, param=param)
     if 400 <= status < 500:
         return InvalidRequest(message, param=param, status=status)
-    return EngineFailure(message, param=param, status=status)
+    return ServingFailure(message, param=param, status=status)

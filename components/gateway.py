@@ -23,6 +23,13 @@ async def _starting(scope: Scope, receive: Receive, send: Send) -> None:
         await send_error(send, error)
 
 
+async def _stopped(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        error = Unavailable("The server is shutting down; retry on another replica.", code="shutting_down",
+                            headers={"retry-after": "5"})
+        await send_error(send, error)
+
+
 class Gateway:
     def __init__(self) -> None:
         self._app: ASGIApp = _starting
@@ -45,8 +52,9 @@ class Gateway:
         self._app = app
 
     def uninstall(self) -> None:
-        self._app = _starting
-        self._chain = None
+        """After shutdown: the API answers 503, and the front door (auth, limits, access
+        log) stays in place until the process exits, for kept-alive connections too."""
+        self._app = _stopped
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = self._chain or self._downstream

@@ -1,16 +1,23 @@
 """A generation's way through the service: breaker, admission slot, time limit, and the
-registry of in-flight requests that draining, timeouts and engine death act on."""
+registry of in-flight generations that draining, timeouts and engine death act on.
+
+One owner per generation: `Gate.admit()` returns a `Pass`, an async context manager that
+holds the admission slot and the breaker trial and gives both back exactly once — when the
+engine request ends (the `async with` block exits) or when it is aborted (time limit,
+drain, stalled client), whichever comes first, whatever the HTTP side does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from components.admission import Admission, Slot
 from components.breaker import CircuitBreaker
-from components.errors import GenerationTimeout, ServiceError, Unavailable
+from components.errors import ClientClosed, GenerationTimeout, ServiceError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -18,49 +25,64 @@ Aborter = Callable[[Sequence[str]], Awaitable[None]]
 
 
 class Pass:
-    """One admitted generation. `finish()` must be called exactly once, however it ends."""
-
     def __init__(self, gate: Gate, engine_ids: Sequence[str], slot: Slot, trial: bool) -> None:
         self.gate = gate
         self.engine_ids = engine_ids
         self.slot = slot
         self.trial = trial
-        # Set when we abort the request ourselves (timeout, drain); the response then
-        # reports this error instead of vLLM's "abort" finish.
+        # Set when we abort the request ourselves (timeout, drain, stall); the response
+        # then reports this error instead of vLLM's "abort" finish.
         self.abort_error: ServiceError | None = None
+        self._error: ServiceError | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._done = False
+        self._released = False
+
+    async def __aenter__(self) -> Pass:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self._end(self.abort_error or self._error)
+        elif isinstance(exc, ServiceError):
+            self._end(exc)
+        elif isinstance(exc, asyncio.CancelledError):
+            self._end(self.abort_error or ClientClosed("The request was cancelled."))
+        else:
+            self._end(self.abort_error or ServiceError("unexpected failure"))
+
+    def record_error(self, error: ServiceError) -> None:
+        """The engine request ended with `error` without raising it (an error event in a stream)."""
+        self._error = error
 
     def abort(self, error: ServiceError) -> None:
-        if self._done or self.abort_error is not None:
+        """Stop the engine work now; the slot goes back at once, the response reports `error`."""
+        if self._released:
             return
         self.abort_error = error
         self.gate.spawn(self.gate.aborter(self.engine_ids))
+        self._end(error)
 
-    def finish(self, error: ServiceError | None = None, cancelled: bool = False) -> None:
-        if self._done:
+    def _end(self, error: ServiceError | None) -> None:
+        if self._released:
             return
-        self._done = True
+        self._released = True
         if self._timer is not None:
             self._timer.cancel()
         self.slot.release()
         self.gate.inflight.discard(self)
-        error = error or self.abort_error
         if error is not None:
             self.gate.on_error(error)
         breaker = self.gate.breaker
-        if cancelled and error is None:
-            breaker.release_trial(self.trial)  # a client disconnect says nothing of the engine
+        if error is None:
+            breaker.record(failure=False, trial=self.trial)
+        elif error.engine_fault:
+            breaker.record(failure=True, trial=self.trial)
         else:
-            breaker.record(failure=is_engine_fault(error), trial=self.trial)
-
-
-def is_engine_fault(error: ServiceError | None) -> bool:
-    """Engine dead, engine errors, timeouts, out-of-memory. Not the draining refusal,
-    nor anything the client caused."""
-    if error is None or error.status < 500:
-        return False
-    return error.code not in ("shutting_down", "server_overloaded", "circuit_open")
+            # A time limit the client's lengths reached, a disconnect, a 4xx, a refusal:
+            # nothing about the engine's health, neither a failure nor a success.
+            breaker.release_trial(self.trial)
 
 
 class Gate:
@@ -86,11 +108,11 @@ class Gate:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def enter(self, engine_ids: Sequence[str]) -> Pass:
+    async def admit(self, key: str, sequences: int, engine_ids: Sequence[str]) -> Pass:
         """Breaker first (an open one refuses without queueing), then a slot."""
         trial = self.breaker.before_call()
         try:
-            slot = await self.admission.acquire()
+            slot = await self.admission.acquire(key, sequences)
         except BaseException:
             self.breaker.release_trial(trial)
             raise
@@ -124,7 +146,8 @@ class Gate:
             Unavailable("The server shut down before the generation finished.", code="shutting_down")
         )
         logger.warning("graceful shutdown timeout: aborted %d in-flight request(s)", count)
-        grace = loop.time() + 5
-        while self.inflight and loop.time() < grace:
-            await asyncio.sleep(poll_s)
+        # The engine aborts are sent before the engine shuts down; the responses still send
+        # their error event (uvicorn waits for open requests).
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         return False

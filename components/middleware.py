@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Callable
@@ -10,17 +11,35 @@ from typing import Any
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from components.auth import AuthMiddleware, KeyStore
-from components.errors import PayloadTooLarge, ServiceError
+from components.auth import AuthMiddleware, KeyStore, public_paths
+from components.errors import (
+    ClientClosed,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+)
 from components.ratelimit import RateLimiter
 from components.responses import send_error
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
-LIMITED_PREFIX = "/v1/"
 RATE_LIMIT_HEADERS = [
     f"x-ratelimit-{what}-{kind}" for kind in ("requests", "tokens") for what in ("limit", "remaining", "reset")
 ]
+# What browsers may send: ours, plus every header the official OpenAI SDKs add (a preflight
+# asking for one that is not listed fails, and the browser never sends the request).
+CORS_ALLOW_HEADERS = [
+    "authorization", "content-type", "x-api-key", "x-request-id", "openai-organization", "openai-project",
+    "openai-beta", "idempotency-key", "traceparent", "tracestate", "baggage",
+    "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+    "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-retry-count", "x-stainless-timeout",
+    "x-stainless-async", "x-stainless-helper-method",
+]
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+# Each header costs its name, its value and ": " + CRLF on the wire.
+HEADER_OVERHEAD = 4
 
 
 class RequestIdMiddleware:
@@ -63,16 +82,58 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class BodyLimitMiddleware:
-    """413 for bodies over `max_bytes`, by Content-Length or by counting a chunked body.
+class HeaderLimitMiddleware:
+    """431 when the request's headers add up to more than `max_bytes`.
 
-    The body is read here, up to the limit, and replayed downstream: the routes need all of
-    it anyway (JSON), and refusing before the app starts is the only clean way to 413.
+    X-Request-ID is not counted: RequestIdMiddleware, outside, has already taken it off.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + HEADER_OVERHEAD for name, value in scope["headers"])
+            if size > self.max_bytes:
+                scope.setdefault("state", {})["error_type"] = HeadersTooLarge.code
+                await send_error(send, HeadersTooLarge(f"The request headers exceed {self.max_bytes} bytes."))
+                return
+        await self.app(scope, receive, send)
+
+
+class PublicMethodsMiddleware:
+    """405 for anything but GET/HEAD on the public paths, with or without a key.
+
+    They take no body, and since they need no key a POST there would otherwise have its
+    body read by the body limit for anyone who asks.
+    """
+
+    def __init__(self, app: ASGIApp, public: frozenset[str]) -> None:
+        self.app = app
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.public and scope["method"] not in READ_ONLY_METHODS:
+            scope.setdefault("state", {})["error_type"] = MethodNotAllowed.code
+            error = MethodNotAllowed(f"{scope['path']} answers GET and HEAD only.", headers={"allow": "GET, HEAD"})
+            await send_error(send, error)
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over `max_bytes`, by Content-Length or by counting a chunked body;
+    408 when a body chunk takes longer than `read_timeout_s` to come.
+
+    The body is read here, up to the limit, and replayed downstream: the routes need all of
+    it anyway (JSON), and refusing before the app starts is the only clean way to 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float = 10.0) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -86,9 +147,19 @@ class BodyLimitMiddleware:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.read_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                await self._refuse(scope, send, RequestTimeout(
+                    f"The request body did not arrive within {self.read_timeout_s:g} s."), close=True)
+                return
             if message["type"] != "http.request":
-                return  # client disconnected before sending its body
+                # Something must still be sent: BentoML's TimeoutMiddleware, outside, waits
+                # for a first send() and would hold the request for its whole timeout. The
+                # server drops it on a closed connection; the access log records 499.
+                await self._refuse(scope, send, ClientClosed("The client closed the connection during the body."))
+                return
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
@@ -108,18 +179,32 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, error: ServiceError, close: bool = False) -> None:
+        scope.setdefault("state", {})["error_type"] = error.code
+        # The rest of a late body must not be read as the next request: close the connection.
+        await send_error(send, error, [(b"connection", b"close")] if close else None)
+
 
 class RateLimitMiddleware:
-    """Per-key (or per-IP without keys), global and token limits on /v1/ routes, with
-    OpenAI's x-ratelimit-* headers on every response of those routes."""
+    """Per-key (or per-IP without keys), global and token limits on every route but the
+    public ones, with OpenAI's x-ratelimit-* headers on every response of those routes,
+    429s included."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, on_rejected: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: RateLimiter,
+        on_rejected: Callable[[str], None] | None = None,
+        public: frozenset[str] | None = None,
+    ) -> None:
         self.app = app
         self.limiter = limiter
         self.on_rejected = on_rejected or (lambda kind: None)
+        self.public = public_paths(protect_metrics=False) if public is None else public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PREFIX) or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or scope["path"] in self.public or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
@@ -158,26 +243,33 @@ def install_middleware(
     cors_origins: tuple[str, ...],
     max_request_bytes: int,
     protect_metrics: bool = False,
+    max_header_bytes: int = 16384,
+    body_read_timeout_s: float = 10.0,
     outer: list[Any] | None = None,
     on_rate_limited: Callable[[str], None] | None = None,
 ) -> ASGIApp:
     """The front door. Outermost first:
 
-    request id -> (outer: access log, metrics) -> CORS -> auth -> rate limit -> body limit -> app
+    request id -> (outer: access log, metrics) -> CORS -> header limit -> public methods
+    -> auth -> rate limit -> body limit -> app
 
-    CORS sits outside auth and the limiter so that their 401/429 carry CORS headers too
-    (browsers hide responses without them). Auth and the limiter come before the body
-    limit, so that a refused request is refused without reading its body.
+    CORS sits outside everything that refuses, so that 431/405/401/403/429 carry CORS
+    headers too (browsers hide responses without them). Everything that refuses on the
+    headers alone comes before the body limit, so that a refused request is refused
+    without reading its body.
     """
-    app = BodyLimitMiddleware(app, max_request_bytes)
-    app = RateLimitMiddleware(app, limiter, on_rate_limited)
+    public = public_paths(protect_metrics)
+    app = BodyLimitMiddleware(app, max_request_bytes, body_read_timeout_s)
+    app = RateLimitMiddleware(app, limiter, on_rate_limited, public)
     app = AuthMiddleware(app, keys, protect_metrics=protect_metrics)
+    app = PublicMethodsMiddleware(app, public)
+    app = HeaderLimitMiddleware(app, max_header_bytes)
     allow_all = cors_origins == ("*",)
     app = CORSMiddleware(
         app,
         allow_origins=list(cors_origins),
         allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["authorization", "content-type", "x-api-key", "x-request-id", "openai-organization", "openai-project"],
+        allow_headers=CORS_ALLOW_HEADERS,
         expose_headers=["x-request-id", "retry-after", "retry-after-ms", *RATE_LIMIT_HEADERS],
         # Credentials never with "*": browsers would send cookies to any origin.
         allow_credentials=not allow_all,
@@ -186,4 +278,3 @@ def install_middleware(
     for wrapper in reversed(outer or []):
         app = wrapper(app)
     return RequestIdMiddleware(app)
-

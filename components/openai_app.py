@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
 from components.errors import (
-    EngineFailure,
     InvalidRequest,
     ModelNotFound,
     ServiceError,
     from_status,
     render_json,
 )
+from components.generation import GenerationResponse, tenant_key, validate
 from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
-from components.vllm_bridge import OpenAIBridge, Stream, request_models, to_service_error, vllm_error_types
+from components.vllm_bridge import OpenAIBridge, request_models, to_service_error, vllm_error_types
 
 logger = logging.getLogger(__name__)
-ChatCompletionRequest, CompletionRequest, StreamOptions = request_models()
+ChatCompletionRequest, CompletionRequest, _ = request_models()
 
 
 def build_aliases(served: str, configured: dict[str, str]) -> dict[str, str]:
@@ -61,61 +59,16 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
-
-def _check_limits(body: Any, limits: ApiSettings) -> None:
-    n = getattr(body, "n", None) or 1
-    if n > limits.max_n:
-        raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
-    messages = getattr(body, "messages", None)
-    if messages is not None and len(messages) > limits.max_messages:
-        raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
-    for index, message in enumerate(messages or ()):
-        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-        if role not in _ROLES:
-            raise InvalidRequest(f"messages[{index}].role must be one of {sorted(_ROLES)}.", param=f"messages.{index}.role")
-    if limits.max_tokens_limit:
-        requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
-        if requested is not None and requested > limits.max_tokens_limit:
-            raise InvalidRequest(f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens")
-        if requested is None:
-            body.max_tokens = limits.max_tokens_limit
-    stop = getattr(body, "stop", None)
-    if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
-        raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
-
-
-async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
-    """Run `work` until done or until the client disconnects; on disconnect cancel it,
-    which closes vLLM's generator and aborts the request in the engine."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise asyncio.CancelledError("client disconnected")
-    return task.result()
-
-
 def build_openai_app(
     bridge: OpenAIBridge,
     aliases: dict[str, str],
     limits: ApiSettings,
     gate: Gate,
     debug_info: Callable[[], dict[str, Any]] | None = None,
+    stall_timeout_s: float = 30,
 ) -> FastAPI:
-    app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None)
+    # No 307 to the slashed or unslashed route: its Location would echo the Host header.
+    app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None, redirect_slashes=False)
     served = bridge.served_name
     created = int(time.time())
 
@@ -130,56 +83,11 @@ def build_openai_app(
 
     async def generate(body: Any, request: Request, call: Callable[[Any, Request], Awaitable[Any]]) -> Response:
         resolve_model(body)
-        _check_limits(body, limits)
-        # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
-        body.request_id = uuid.uuid4().hex
         state = request.scope.setdefault("state", {})
+        generation = validate(body, limits, key=tenant_key(state), max_sequences=gate.admission.capacity)
         state["model"] = body.model
-        streaming = bool(getattr(body, "stream", False))
-        state["stream"] = streaming
-        forward_usage = True
-        if streaming:
-            # Always ask vLLM for the usage chunk (exact token accounting); pass it on
-            # only if the client asked for it.
-            forward_usage = bool(body.stream_options and body.stream_options.include_usage)
-            body.stream_options = StreamOptions(
-                include_usage=True,
-                continuous_usage_stats=bool(body.stream_options and body.stream_options.continuous_usage_stats),
-            )
-
-        ticket = await _until_disconnect(request, gate.enter(bridge.engine_ids(body)))
-        if not streaming:
-            try:
-                result = await _until_disconnect(request, call(body, request))
-            except ServiceError as error:
-                ticket.finish(error)
-                raise
-            except asyncio.CancelledError:
-                ticket.finish(cancelled=True)
-                raise
-            except BaseException:
-                ticket.finish(EngineFailure("unexpected failure"))
-                raise
-            ticket.finish()
-            if ticket.abort_error is not None:
-                raise ticket.abort_error
-            state["usage"] = result.usage.model_dump() if getattr(result, "usage", None) else None
-            state["finish_reason"] = _finish_reason(result)
-            ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
-            state["ttft_s"] = ttft_ms / 1000 if ttft_ms is not None else None
-            return JSONResponse(result.model_dump(mode="json"))
-        try:
-            stream = await call(body, request)
-        except ServiceError as error:
-            ticket.finish(error)
-            raise
-        except BaseException:
-            ticket.finish(cancelled=True)
-            raise
-        stream.forward_usage = forward_usage
-        stream.ticket = ticket
-        # The slot is held until the stream ends: the engine works until then.
-        return StreamingResponse(_sse(stream, state), media_type="text/event-stream")
+        state["stream"] = generation.stream
+        return GenerationResponse(generation, request, call, gate, stall_timeout_s)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
@@ -215,28 +123,6 @@ def build_openai_app(
 def _finish_reason(result: Any) -> str | None:
     choices = getattr(result, "choices", None) or []
     return getattr(choices[0], "finish_reason", None) if choices else None
-
-
-async def _sse(stream: Stream, state: dict[str, Any]) -> AsyncIterator[str]:
-    completed = False
-    first = True
-    try:
-        async for event in stream:
-            if first:
-                first = False
-                if "started" in state:
-                    state["ttft_s"] = time.perf_counter() - state["started"]
-            yield event
-        completed = True
-    finally:
-        # Runs on completion and on client disconnect (Starlette cancels the response):
-        # closing vLLM's generator aborts the request in the engine.
-        await stream.aclose()
-        if stream.ticket is not None:
-            stream.ticket.finish(stream.error, cancelled=not completed)
-        state["usage"] = stream.usage
-        if stream.error is not None:
-            state["error_type"] = stream.error.code
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -56,12 +56,14 @@ class Window:
         ]
 
 
-def rejection(window: Window, message: str) -> RateLimited:
+def rejection(window: Window, message: str, shown: list[Window]) -> RateLimited:
+    """A 429 whose retry-after is `window`'s reset, carrying the x-ratelimit-* headers of
+    `shown` as an admitted response would (clients read them on 429s too)."""
     retry = max(window.reset_s, 0.001)
-    return RateLimited(
-        message,
-        headers={"retry-after": str(math.ceil(retry)), "retry-after-ms": str(math.ceil(retry * 1000))},
-    )
+    headers = {"retry-after": str(math.ceil(retry)), "retry-after-ms": str(math.ceil(retry * 1000))}
+    for each in shown:
+        headers.update((name.decode(), value.decode()) for name, value in each.headers())
+    return RateLimited(message, headers=headers)
 
 
 class RateLimiter:
@@ -106,7 +108,7 @@ class RateLimiter:
             # asyncio.timeout, not wait_for: no extra task per call on the request path.
             async with asyncio.timeout(self.timeout_s):
                 return await operation
-        except (StorageError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, StorageError, OSError) as exc:
             self._on_storage_error()
             logger.error("rate-limit storage (%s) unavailable: %s", self.backend, type(exc).__name__)
             if self.fail_open:
@@ -114,37 +116,42 @@ class RateLimiter:
             raise Unavailable("Rate limiting is unavailable; retry later.", code="rate_limiter_unavailable",
                               headers={"retry-after": "1"}) from None
 
-    async def _hit(self, kind: str, limit: int, identity: str, message: str) -> Window | None:
+    async def _hit(self, kind: str, limit: int, identity: str) -> tuple[bool, Window] | None:
         item = self._item(limit, self.window_s)
         allowed = await self._guard(self._requests.hit(item, kind, identity))
         if allowed is None:
             return None
         stats = await self._guard(self._requests.get_window_stats(item, kind, identity))
         reset = max(0.0, stats.reset_time - self._clock()) if stats else float(self.window_s)
-        window = Window("requests", limit, stats.remaining if stats else 0, reset)
-        if not allowed:
-            raise rejection(window, message)
-        return window
+        return bool(allowed), Window("requests", limit, stats.remaining if stats else 0, reset)
 
     async def admit(self, identity: str) -> list[Window]:
         """Count one request; raise RateLimited (with headers) when over a limit."""
         windows: list[Window] = []
         limit = self.limit_for(identity)
         if limit > 0:
-            window = await self._hit("req", limit, identity, f"Rate limit reached: {limit} requests per {openai_duration(self.window_s)}.")
-            if window:
+            hit = await self._hit("req", limit, identity)
+            if hit:
+                allowed, window = hit
                 windows.append(window)
+                if not allowed:
+                    per = openai_duration(self.window_s)
+                    raise rejection(window, f"Rate limit reached: {limit} requests per {per}.", windows)
         if self.global_limit > 0:
-            await self._hit("global", self.global_limit, "all", "The service's global rate limit is reached.")
+            hit = await self._hit("global", self.global_limit, "all")
+            # The global window is not the caller's own: it sets retry-after only.
+            if hit and not hit[0]:
+                raise rejection(hit[1], "The service's global rate limit is reached.", windows)
         if self.tokens_per_minute > 0:
             item = self._item(self.tokens_per_minute, 60)
             stats = await self._guard(self._tokens.get_window_stats(item, "tok", identity))
             if stats is not None:
                 window = Window("tokens", self.tokens_per_minute, stats.remaining,
                                 max(0.0, stats.reset_time - self._clock()))
-                if stats.remaining <= 0:
-                    raise rejection(window, f"Token rate limit reached: {self.tokens_per_minute} tokens per minute.")
                 windows.append(window)
+                if stats.remaining <= 0:
+                    raise rejection(window, f"Token rate limit reached: {self.tokens_per_minute} tokens per minute.",
+                                    windows)
         return windows
 
     async def charge_tokens(self, identity: str, tokens: int) -> None:

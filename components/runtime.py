@@ -11,18 +11,19 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from components import bundled_model, engine as engine_mod
+from components import bundled_model
+from components import engine as engine_mod
+from components.access_log import AccessLogMiddleware
 from components.admission import Admission
 from components.auth import KeyStore
 from components.breaker import CircuitBreaker, State
-from components.engine import EngineSpec
-from components.access_log import AccessLogMiddleware
 from components.compile_cache import CompileCache
-from components.errors import ServiceError, Unavailable
+from components.engine import EngineSpec
+from components.errors import EngineDead, EngineOutOfMemory, ServiceError
 from components.gpu_monitor import GpuMonitor
-from components.metrics import Metrics
 from components.health import HealthMiddleware, now_iso
 from components.lifecycle import Gate
+from components.metrics import Metrics
 from components.middleware import install_middleware
 from components.ratelimit import RateLimiter
 from components.settings import Settings, export_engine_environment
@@ -80,6 +81,15 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def per_key_share(settings: Settings) -> int:
+    """Sequences one key may hold (running and queued): MAX_INFLIGHT_PER_KEY, or by default
+    half of all places, so that one key always leaves room for the others."""
+    configured = settings.limits.max_inflight_per_key
+    if configured is not None:
+        return configured
+    return max(1, (settings.engine.max_num_seqs + settings.limits.max_queue_size) // 2)
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         """The parts that need no engine: the front door works (and answers 503) while
@@ -87,7 +97,7 @@ class Runtime:
         self.settings = settings
         res = settings.resilience
         self.metrics = Metrics()
-        self.keys = KeyStore.from_keys(settings.auth.api_keys)
+        self.keys = KeyStore.from_keys(settings.auth.api_keys, settings.auth.admin_api_keys)
         self.limiter = RateLimiter(settings.limits, on_storage_error=self.metrics.limiter_errors.inc)
         self.breaker = CircuitBreaker(
             failure_rate=res.breaker_failure_rate / 100,
@@ -98,7 +108,13 @@ class Runtime:
             on_change=self._breaker_changed,
         )
         self.metrics.breaker_state.set(State.CLOSED)
-        admission = Admission(settings.engine.max_num_seqs, settings.limits.max_queue_size, self._queue_changed)
+        admission = Admission(
+            settings.engine.max_num_seqs,
+            settings.limits.max_queue_size,
+            per_key=per_key_share(settings) if self.keys.enabled else 0,
+            max_wait_s=settings.limits.queue_timeout_s,
+            on_change=self._queue_changed,
+        )
         self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout, self._request_failed)
         self.gpu = GpuMonitor(self.metrics, settings.server.gpu_monitor_interval)
         self.compile_cache: CompileCache | None = None
@@ -122,7 +138,7 @@ class Runtime:
         self.metrics.queue.set(waiting)
 
     def _request_failed(self, error: ServiceError) -> None:
-        if error.code == "out_of_memory":
+        if isinstance(error, EngineOutOfMemory):
             self.metrics.oom_events.inc()
             logger.error(
                 "engine out of memory with %d request(s) in flight and %d queued",
@@ -170,7 +186,10 @@ class Runtime:
         self.engine = await engine_mod.start_engine(args)
         try:
             self.bridge = await OpenAIBridge.create(self.engine, args)
-            self.app = build_openai_app(self.bridge, aliases, settings.api, self.gate, self.debug_info)
+            self.app = build_openai_app(
+                self.bridge, aliases, settings.api, self.gate, self.debug_info,
+                stall_timeout_s=settings.resilience.stream_stall_timeout,
+            )
             self.engine_pids = engine_mod.engine_core_pids(self.engine)
             if settings.engine.warmup:
                 await engine_mod.warm_up(self.engine)
@@ -266,7 +285,7 @@ class Runtime:
         self.gate.admission.close(reason)
         # vLLM fails its own in-flight generators with EngineDeadError; this covers any
         # that would still wait.
-        self.gate.abort_all(Unavailable(reason, code="engine_dead"))
+        self.gate.abort_all(EngineDead(reason))
         delay = self.settings.resilience.engine_death_exit_seconds
         if delay > 0:
             # Exit non-zero so that the process manager (BentoML outside a container,
@@ -332,6 +351,8 @@ class Runtime:
             cors_origins=self.settings.limits.cors_origins,
             max_request_bytes=self.settings.api.max_request_bytes,
             protect_metrics=self.settings.auth.protect_metrics,
+            max_header_bytes=self.settings.server.max_header_bytes,
+            body_read_timeout_s=self.settings.server.body_read_timeout_s,
         )
 
     async def shutdown(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Annotated, Any, Literal
 
@@ -19,16 +20,20 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
-def _parse_pairs(value: Any, what: str) -> Any:
-    """`a=b,c=d` (or `a:b`) into a dict; the last `=`/`:` splits, so keys may hold ':'."""
+def _parse_pairs(value: Any, what: str, secret: bool = False) -> Any:
+    """`a=b,c=d` (or `a:b`) into a dict; the last `=`/`:` splits, so keys may hold ':'.
+
+    With `secret`, a bad item is not quoted back: it may be a key.
+    """
     if not isinstance(value, str):
         return value
     pairs: dict[str, str] = {}
-    for item in _split_csv(value):
+    for position, item in enumerate(_split_csv(value), 1):
         sep = "=" if "=" in item else ":"
         key, found, val = item.rpartition(sep)
         if not found or not key.strip() or not val.strip():
-            raise ValueError(f"expected {what}, got {item!r}")
+            got = f"item {position} is not (not shown: the value is secret)" if secret else f"got {item!r}"
+            raise ValueError(f"expected {what} in every item, {got}")
         pairs[key.strip()] = val.strip()
     return pairs
 
@@ -78,6 +83,7 @@ class ApiSettings(_Group):
     max_tokens_limit: int = Field(0, alias="MAX_TOKENS_LIMIT", ge=0)
     max_messages: int = Field(512, alias="MAX_MESSAGES", ge=1)
     max_stop_sequences: int = Field(16, alias="MAX_STOP_SEQUENCES", ge=0)
+    max_prompts: int = Field(16, alias="MAX_PROMPTS", ge=1)
 
     @field_validator("model_aliases", mode="before")
     @classmethod
@@ -88,9 +94,11 @@ class ApiSettings(_Group):
 class AuthSettings(_Group):
     # Keys are secrets: repr=False keeps them out of reprs, logs and /debug/runtime.
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), alias="API_KEYS", repr=False)
+    # Admin keys are API keys too; only they may read /debug/runtime while keys are on.
+    admin_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), alias="ADMIN_API_KEYS", repr=False)
     protect_metrics: bool = Field(False, alias="PROTECT_METRICS")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _keys(cls, value: Any) -> Any:
         return tuple(_split_csv(value)) if isinstance(value, str) else value
@@ -109,17 +117,33 @@ class LimitSettings(_Group):
     fail_open: bool = Field(True, alias="RATE_LIMIT_FAIL_OPEN")
     storage_timeout_s: float = Field(0.5, alias="RATE_LIMIT_STORAGE_TIMEOUT", gt=0, le=30)
     max_queue_size: int = Field(50, alias="MAX_QUEUE_SIZE", ge=0)
+    # Sequences one key may hold, running and queued; unset: half of MAX_NUM_SEQS +
+    # MAX_QUEUE_SIZE (at least 1); 0: no per-key cap. Applies only with API keys.
+    max_inflight_per_key: int | None = Field(None, alias="MAX_INFLIGHT_PER_KEY", ge=0)
+    queue_timeout_s: float = Field(30, alias="QUEUE_TIMEOUT_SECONDS", ge=0)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), alias="CORS_ORIGINS")
 
     @field_validator("api_key_limits", mode="before")
     @classmethod
     def _key_limits(cls, value: Any) -> Any:
-        return _parse_pairs(value, "key:limit")
+        return _parse_pairs(value, "key:limit", secret=True)
+
+    @field_validator("api_key_limits")
+    @classmethod
+    def _positive_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        # 0 once meant "no limit" here; a typo must not lift a key's limit. To suspend a
+        # key, remove it from API_KEYS.
+        if any(limit < 1 for limit in value.values()):
+            raise ValueError("every limit must be at least 1 (0 no longer means unlimited)")
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:
-        return tuple(_split_csv(value)) if isinstance(value, str) else value
+        origins = tuple(_split_csv(value)) if isinstance(value, str) else value
+        if isinstance(origins, tuple | list) and "*" in origins and len(origins) > 1:
+            raise ValueError("CORS_ORIGINS is either '*' alone or a list of origins, not both")
+        return origins
 
     @field_validator("storage_uri")
     @classmethod
@@ -137,6 +161,7 @@ class ResilienceSettings(_Group):
     breaker_half_open_calls: int = Field(3, alias="BREAKER_HALF_OPEN_CALLS", ge=1)
     graceful_shutdown_timeout: float = Field(30, alias="GRACEFUL_SHUTDOWN_TIMEOUT", ge=0)
     request_timeout: float = Field(600, alias="REQUEST_TIMEOUT_SECONDS", ge=0)
+    stream_stall_timeout: float = Field(30, alias="STREAM_STALL_TIMEOUT_SECONDS", gt=0)
     engine_death_exit_seconds: float = Field(10, alias="ENGINE_DEATH_EXIT_SECONDS", ge=0)
     watchdog_interval: float = Field(1.0, alias="ENGINE_WATCHDOG_INTERVAL", gt=0, le=60)
 
@@ -147,6 +172,8 @@ class ServerSettings(_Group):
     otlp_traces_endpoint: str | None = Field(None, alias="OTLP_TRACES_ENDPOINT")
     gpu_monitor_interval: float = Field(5.0, alias="GPU_MONITOR_INTERVAL", gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+    max_header_bytes: int = Field(16384, alias="MAX_HEADER_BYTES", ge=1024, le=1_048_576)
+    body_read_timeout_s: float = Field(10, alias="BODY_READ_TIMEOUT_SECONDS", gt=0, le=3600)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -165,25 +192,44 @@ class Settings(BaseModel):
     server: ServerSettings
 
     def redacted(self) -> dict[str, Any]:
-        """For /debug/runtime: secrets replaced by counts or a marker."""
-        limits = self.limits.model_dump()
-        limits["api_key_limits"] = f"<{len(self.limits.api_key_limits)} keys>"
-        limits["storage_uri"] = _redact_uri(self.limits.storage_uri)
-        return {
-            "engine": self.engine.model_dump(),
-            "api": self.api.model_dump(),
-            "auth": {"api_keys": f"<{len(self.auth.api_keys)} keys>", "protect_metrics": self.auth.protect_metrics},
-            "limits": limits,
-            "resilience": self.resilience.model_dump(),
-            "server": self.server.model_dump(),
-        }
+        """For /debug/runtime: every secret field (repr=False) replaced by a count or a
+        marker, and credentials taken out of every URI."""
+        return {name: _redact_group(getattr(self, name)) for name in type(self).model_fields}
+
+
+def _redact_group(group: BaseModel) -> dict[str, Any]:
+    shown = group.model_dump()
+    for name, info in type(group).model_fields.items():
+        value = shown[name]
+        if isinstance(value, str) and "://" in value:
+            shown[name] = _redact_uri(value)
+        elif info.repr is False:
+            shown[name] = f"<{len(value)} keys>" if isinstance(value, tuple | list | dict) else "<redacted>"
+    return shown
+
+
+# Query parameters that carry credentials (redis-py reads `password` from the query).
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|cred|sig", re.IGNORECASE)
 
 
 def _redact_uri(uri: str) -> str:
+    """The URI with its user info, secret query values and fragment replaced by ***.
+
+    Everything up to the last '@' counts as user info, even past a '/', '?' or '#': a
+    password with such a character unescaped must not show in part.
+    """
     scheme, sep, rest = uri.partition("://")
     if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+        rest = "***@" + rest.rpartition("@")[2]
+    rest, hashed, _ = rest.partition("#")
+    path, asked, query = rest.partition("?")
+    if asked:
+        params = []
+        for param in query.split("&"):
+            name, equals, _ = param.partition("=")
+            params.append(f"{name}=***" if equals and _SECRET_PARAM.search(name) else param)
+        query = "&".join(params)
+    return scheme + sep + path + asked + query + ("#***" if hashed else "")
 
 
 class SettingsError(SystemExit):
@@ -191,16 +237,28 @@ class SettingsError(SystemExit):
 
 
 def _describe(group: type[_Group], exc: ValidationError) -> str:
+    # An error's loc names the field by its alias (the variable) or by its name.
+    fields = {**group.model_fields, **{info.alias: info for info in group.model_fields.values() if info.alias}}
     problems = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "?"
-        info = group.model_fields.get(field)
+        info = fields.get(field)
         name = info.alias if info and info.alias else field
         raw = os.environ.get(name)
         secret = info is not None and info.repr is False
         shown = f"={raw!r}" if raw is not None and len(raw) < 80 and not secret else ""
-        problems.append(f"{name}{shown}: {error['msg']}")
+        message = _scrub(error["msg"], raw) if secret and raw else error["msg"]
+        problems.append(f"{name}{shown}: {message}")
     return "invalid setting " + "; ".join(problems)
+
+
+def _scrub(message: str, raw: str) -> str:
+    """`message` without any item of a secret value, or any key of its `key:value` items."""
+    pieces = {piece for item in _split_csv(raw) for piece in (item, item.rpartition("=" if "=" in item else ":")[0])}
+    for piece in sorted(pieces, key=len, reverse=True):
+        if len(piece) >= 4:
+            message = message.replace(piece, "***")
+    return message
 
 
 def load_settings() -> Settings:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from components.errors import ServiceError, Unavailable, from_status, render_sse
+from components.errors import EngineDead, EngineFailure, EngineOutOfMemory, ServiceError, from_status, render_sse
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -45,14 +46,17 @@ def vllm_error_types() -> tuple[type[Exception], ...]:
 
 def to_service_error(exc: BaseException) -> ServiceError:
     from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-    from vllm.v1.engine.exceptions import EngineDeadError
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
     if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, EngineDeadError):
-        return Unavailable("The inference engine is not running; retry later.", code="engine_dead")
+        return EngineDead("The inference engine is not running; retry later.")
+    if isinstance(exc, EngineGenerateError):
+        logger.error("engine failed a generation: %s", exc)
+        return EngineFailure("The inference engine failed to process the request.")
     if is_out_of_memory(exc):
-        return Unavailable("The inference engine ran out of memory; retry later.", code="out_of_memory")
+        return EngineOutOfMemory("The inference engine ran out of memory; retry later.")
     if not isinstance(exc, Exception):
         raise exc
     response = create_error_response(exc)
@@ -67,13 +71,14 @@ def _from_error_info(status: int, message: str, param: str | None) -> ServiceErr
     lowered = message.lower()
     if status >= 500 and "out of memory" in lowered:
         logger.error("engine out of memory: %s", message)
-        return Unavailable("The inference engine ran out of memory; retry later.", code="out_of_memory")
+        return EngineOutOfMemory("The inference engine ran out of memory; retry later.")
     if status >= 500 and ("enginecore encountered" in lowered or "engine dead" in lowered):
         logger.error("engine died: %s", message)
-        return Unavailable("The inference engine is not running; retry later.", code="engine_dead")
+        return EngineDead("The inference engine is not running; retry later.")
     if status >= 500:
         # vLLM's messages for server faults can hold internals; keep them in the log only.
-        logger.error("engine error %s: %s", status, message)
+        # Not counted as an engine fault: a request's content can trigger these.
+        logger.error("serving error %s: %s", status, message)
         message = "The inference engine failed to process the request."
     return from_status(int(status), message, param)
 
@@ -139,6 +144,57 @@ def _error_from_event(event: str) -> ServiceError:
         return _from_error_info(500, "malformed error event from the engine", None)
 
 
+# False while the service, not the client, chose max_tokens (MAX_TOKENS_LIMIT as a default):
+# then a long prompt clamps it as vLLM does, instead of failing a request that asked nothing.
+client_chose_max_tokens: ContextVar[bool] = ContextVar("client_chose_max_tokens", default=True)
+
+
+def _reject_past_the_context(original: Any) -> Any:
+    """vLLM's `get_max_tokens`, except that prompt + `max_tokens` beyond the context is an
+    error (OpenAI's behaviour, and our README's promise) instead of a silent clamp."""
+
+    def strict(max_model_len: int, max_tokens: int | None, input_length: int, *args: Any, **kwargs: Any) -> int:
+        truncated = kwargs.get("truncate_prompt_tokens")
+        if (
+            max_tokens is not None
+            and client_chose_max_tokens.get()
+            and truncated is None
+            and input_length + max_tokens > max_model_len
+        ):
+            raise ValueError(
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{input_length + max_tokens} tokens ({input_length} in the prompt, {max_tokens} in the "
+                "completion). Please reduce the length of the prompt or of max_tokens."
+            )
+        return int(original(max_model_len, max_tokens, input_length, *args, **kwargs))
+
+    strict.__wrapped__ = original  # type: ignore[attr-defined]
+    return strict
+
+
+def _install_context_check() -> None:
+    # vLLM 0.32's chat and completion serving modules import `get_max_tokens` by name and
+    # call it once per prompt, with the prompt's exact token count: the one place where the
+    # length is known before the engine sees the request.
+    from vllm.entrypoints.openai.chat_completion import serving as chat_serving
+    from vllm.entrypoints.openai.completion import serving as completion_serving
+
+    for module in (chat_serving, completion_serving):
+        original = module.get_max_tokens  # type: ignore[attr-defined]
+        if not hasattr(original, "__wrapped__"):
+            module.get_max_tokens = _reject_past_the_context(original)  # type: ignore[attr-defined]
+
+
+def prompt_count(body: Any) -> int:
+    """How many prompts a request carries: 1 for chat, the list's length for completions."""
+    if hasattr(body, "messages"):
+        return 1
+    prompt = body.prompt
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
+
+
 class OpenAIBridge:
     def __init__(self, state: Any, served_name: str) -> None:
         self._state = state
@@ -149,6 +205,7 @@ class OpenAIBridge:
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
+        _install_context_check()
         state = State()
         tasks = await engine.get_supported_tasks()
         await init_app_state(engine, state, args, tasks)
@@ -160,8 +217,7 @@ class OpenAIBridge:
         """The ids vLLM's serving layer gives this request in the engine (to abort it)."""
         if hasattr(body, "messages"):
             return [f"chatcmpl-{body.request_id}"]
-        prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int) else [body.prompt]
-        return [f"cmpl-{body.request_id}-{index}" for index in range(len(prompts))]
+        return [f"cmpl-{body.request_id}-{index}" for index in range(prompt_count(body))]
 
     async def abort(self, engine_ids: Any) -> None:
         try:

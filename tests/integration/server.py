@@ -72,6 +72,16 @@ class Server:
         return self.process.returncode
 
 
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
+    """Poll `predicate` until true or `timeout` seconds pass: a bounded wait, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
 @contextmanager
 def running_server(log_dir: Path, env: dict[str, str] | None = None, name: str = "server") -> Iterator[Server]:
     """A started, ready server, stopped by SIGTERM on exit (its exit status in `returncode`)."""

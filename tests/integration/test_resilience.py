@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,23 +15,15 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.server import Server, running_server, start_server
+from tests.integration.server import Server, running_server, start_server, wait_until
 
 PROMPT = "Once upon a time"
+STALL_S = 3
 
 
 def running_in_engine(server: Server) -> int:
     """The engine's own count of requests it still holds (see /healthz)."""
     return httpx.get(f"{server.url}/healthz", timeout=10).json()["engine_unfinished_requests"]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def descendants(server: Server) -> list[psutil.Process]:
@@ -139,10 +132,44 @@ def drain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "DEFAULT_RATE_LIMIT": "1000",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "600",
         "REQUEST_TIMEOUT_SECONDS": "0",
+        "STREAM_STALL_TIMEOUT_SECONDS": str(STALL_S),
         "MAX_NUM_SEQS": "8",
     }
     with running_server(tmp_path_factory.mktemp("drain"), env, name="drain") as srv:
         yield srv
+
+
+def test_a_client_that_stops_reading_loses_its_slot_and_connection(drain_server: Server) -> None:
+    # The kernel buffers some MB of a loopback connection that is not read; this stream
+    # (4 sequences, top-20 logprobs for every token: about 3 kB a step, up to ~10 MB) fills
+    # them sooner or later on any host, and no time limit ends it first on this server.
+    body = json.dumps({"prompt": PROMPT, "n": 4, "logprobs": 20, "max_tokens": 3000,
+                       "ignore_eos": True, "stream": True}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", drain_server.port))
+    sock.sendall(
+        f"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n".encode() + body
+    )
+    try:
+        assert wait_until(lambda: running_in_engine(drain_server) >= 1, 60)
+        # Not reading: once the socket is full, the stall limit closes the connection and
+        # aborts the engine work, long before the 3000 tokens are done.
+        def released() -> bool:
+            health = httpx.get(f"{drain_server.url}/healthz", timeout=10).json()
+            return health["active_requests"] == 0 and health["engine_unfinished_requests"] == 0
+
+        assert wait_until(released, 600, 1)
+        sock.settimeout(60)
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+        assert b"data: [DONE]" not in received[-200:], "the stream ended normally: the socket never filled"
+    finally:
+        sock.close()
+    assert '"error_type": "stream_stalled"' in drain_server.log()
 
 
 def seconds_per_token(server: Server, concurrency: int, tokens: int = 32) -> float:

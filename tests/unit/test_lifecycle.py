@@ -2,49 +2,86 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from components.admission import Admission
 from components.breaker import CircuitBreaker, State
-from components.errors import GenerationTimeout, InvalidRequest, Unavailable
-from components.lifecycle import Gate, is_engine_fault
+from components.errors import ClientClosed, EngineDead, GenerationTimeout, InvalidRequest, Unavailable
+from components.lifecycle import Gate
 
 
-def test_engine_faults_are_5xx_but_not_refusals() -> None:
-    assert is_engine_fault(Unavailable("x", code="engine_dead"))
-    assert is_engine_fault(GenerationTimeout("x"))
-    assert not is_engine_fault(InvalidRequest("x"))
-    assert not is_engine_fault(Unavailable("x", code="shutting_down"))
-    assert not is_engine_fault(None)
+def test_only_engine_faults_are_engine_faults() -> None:
+    assert EngineDead("x").engine_fault
+    assert not GenerationTimeout("x").engine_fault
+    assert not InvalidRequest("x").engine_fault
+    assert not Unavailable("x", code="shutting_down").engine_fault
+    assert not ClientClosed("x").engine_fault
 
 
-def gate(timeout: float = 0) -> tuple[Gate, list[list[str]]]:
+def gate(timeout: float = 0, min_calls: int = 1) -> tuple[Gate, list[list[str]]]:
     aborted: list[list[str]] = []
 
     async def aborter(ids):  # type: ignore[no-untyped-def]
         aborted.append(list(ids))
 
-    breaker = CircuitBreaker(min_calls=1, failure_rate=0.5)
+    breaker = CircuitBreaker(min_calls=min_calls, failure_rate=0.5, half_open_calls=1)
     return Gate(Admission(2, 2), breaker, aborter, timeout), aborted
 
 
-def test_timeout_aborts_in_the_engine_and_counts_as_a_fault() -> None:
+def test_timeout_aborts_in_the_engine_frees_the_slot_at_once_and_is_no_fault() -> None:
     async def scenario() -> None:
         g, aborted = gate(timeout=0.05)
-        ticket = await g.enter(["chatcmpl-1"])
-        await asyncio.sleep(0.1)
-        assert isinstance(ticket.abort_error, GenerationTimeout)
-        assert aborted == [["chatcmpl-1"]]
-        ticket.finish()
-        assert g.breaker.state is State.OPEN
-        assert not g.inflight and g.admission.running == 0
+        async with await g.admit("k", 1, ["chatcmpl-1"]) as ticket:
+            await asyncio.sleep(0.1)
+            # The engine work is aborted: its slot is free although the HTTP side still runs.
+            assert isinstance(ticket.abort_error, GenerationTimeout)
+            assert aborted == [["chatcmpl-1"]]
+            assert not g.inflight and g.admission.running == 0
+        assert g.breaker.state is State.CLOSED
 
     asyncio.run(scenario())
 
 
-def test_client_disconnect_is_not_a_fault() -> None:
+def test_engine_fault_opens_and_client_errors_never_close_a_half_open_breaker() -> None:
+    async def scenario() -> None:
+        clock = [0.0]
+        g, _ = gate()
+        g.breaker._clock = lambda: clock[0]
+        with pytest.raises(EngineDead):
+            async with await g.admit("k", 1, ["a"]):
+                raise EngineDead("gone")
+        assert g.breaker.state is State.OPEN
+        clock[0] += g.breaker.open_seconds
+        assert g.breaker.state is State.HALF_OPEN
+        for _ in range(3):
+            with pytest.raises(InvalidRequest):
+                async with await g.admit("k", 1, ["b"]):
+                    raise InvalidRequest("bad")
+        assert g.breaker.state is State.HALF_OPEN  # 4xx say nothing of the engine
+        async with await g.admit("k", 1, ["c"]):
+            pass
+        assert g.breaker.state is State.CLOSED
+
+    asyncio.run(scenario())
+
+
+def test_cancellation_releases_once_and_is_no_fault() -> None:
     async def scenario() -> None:
         g, _ = gate()
-        ticket = await g.enter(["x"])
-        ticket.finish(cancelled=True)
+        started = asyncio.Event()
+
+        async def request() -> None:
+            async with await g.admit("k", 2, ["x"]):
+                started.set()
+                await asyncio.sleep(10)
+
+        task = asyncio.ensure_future(request())
+        await started.wait()
+        assert g.admission.running == 2
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert g.admission.running == 0 and not g.inflight
         assert g.breaker.state is State.CLOSED
 
     asyncio.run(scenario())
@@ -53,20 +90,19 @@ def test_client_disconnect_is_not_a_fault() -> None:
 def test_drain_waits_then_aborts_what_is_left() -> None:
     async def scenario() -> None:
         g, aborted = gate()
-        quick = await g.enter(["a"])
-        slow = await g.enter(["b"])
-        asyncio.get_running_loop().call_later(0.05, quick.finish)
+        quick = await g.admit("k", 1, ["a"])
+        slow = await g.admit("k", 1, ["b"])
 
-        async def finish_when_aborted() -> None:
-            while slow.abort_error is None:
-                await asyncio.sleep(0.01)
-            slow.finish()
+        async def finish_quick() -> None:
+            async with quick:
+                await asyncio.sleep(0.05)
 
-        finisher = asyncio.ensure_future(finish_when_aborted())
+        finisher = asyncio.ensure_future(finish_quick())
         clean = await g.drain(timeout_s=0.2, poll_s=0.01)
         await finisher
         assert clean is False
-        assert aborted == [["b"]] and slow.abort_error.code == "shutting_down"
+        assert aborted == [["b"]] and slow.abort_error is not None and slow.abort_error.code == "shutting_down"
+        assert g.admission.running == 0
         assert g.breaker.state is State.CLOSED  # draining aborts are not engine faults
 
     asyncio.run(scenario())
@@ -76,16 +112,28 @@ def test_out_of_memory_is_a_503_engine_fault_reported_once() -> None:
     from components.vllm_bridge import to_service_error
 
     error = to_service_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert error.status == 503 and error.code == "out_of_memory"
-    assert is_engine_fault(error)
+    assert error.status == 503 and error.code == "out_of_memory" and error.engine_fault
     seen: list[str] = []
 
     async def scenario() -> None:
         g, _ = gate()
         g.on_error = lambda e: seen.append(e.code or "")
-        ticket = await g.enter(["x"])
-        ticket.finish(error)
-        ticket.finish(error)  # finish is idempotent
+        ticket = await g.admit("k", 1, ["x"])
+        with pytest.raises(type(error)):
+            async with ticket:
+                raise error
+        ticket.abort(error)  # after the end: nothing more happens
 
     asyncio.run(scenario())
     assert seen == ["out_of_memory"]
+
+
+def test_serving_layer_errors_are_not_engine_faults_but_engine_errors_are() -> None:
+    from vllm.v1.engine.exceptions import EngineGenerateError
+
+    from components.vllm_bridge import to_service_error
+
+    bug = to_service_error(IndexError("list index out of range"))
+    assert bug.status == 500 and not bug.engine_fault
+    assert "list index" not in bug.message  # internals stay in the log
+    assert to_service_error(EngineGenerateError()).engine_fault

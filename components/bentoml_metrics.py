@@ -1,0 +1,63 @@
+"""Bounded `endpoint` labels on BentoML's own request metrics (pinned to BentoML 1.4).
+
+BentoML's traffic-metrics middleware runs outside every user middleware and labels its
+`bentoml_service_request_*` series with the raw request path, so each random path a
+client (keyless included) sends creates new series and /metrics grows without bound. No
+setting changes that; BentoML builds the middleware from a class it imports by name when
+the server starts, so we put a subclass in that name: it shows the middleware a folded path
+(`other` for any path the service does not serve) and hands the real one on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from components.metrics import endpoint_label
+
+_REAL_PATH = "llm_service.real_path"
+# Paths labelled as they are: BentoML's own routes (which it skips by prefix) and ours.
+_BENTOML_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/docs", "/openapi.json"})
+
+
+def metric_path(path: str) -> str:
+    if path in _BENTOML_PATHS:
+        return path
+    label = endpoint_label(path)
+    return label if label.startswith("/") else "/other"
+
+
+class _RestorePath:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        real = scope.get(_REAL_PATH)
+        if real is not None:
+            scope = dict(scope, path=real)
+            del scope[_REAL_PATH]
+        await self.app(scope, receive, send)
+
+
+def install() -> None:
+    from bentoml._internal.server.http import instruments
+
+    original = instruments.RunnerTrafficMetricsMiddleware
+    if getattr(original, "folds_paths", False):
+        return
+
+    class FoldedPathMetricsMiddleware(original):  # type: ignore[misc, valid-type]
+        folds_paths = True
+
+        def __init__(self, app: ASGIApp, *args: Any, **kwargs: Any) -> None:
+            super().__init__(_RestorePath(app), *args, **kwargs)
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                folded = metric_path(scope["path"])
+                if folded != scope["path"]:
+                    scope = {**scope, "path": folded, _REAL_PATH: scope["path"]}
+            await super().__call__(scope, receive, send)
+
+    instruments.RunnerTrafficMetricsMiddleware = FoldedPathMetricsMiddleware  # type: ignore[misc]

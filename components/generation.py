@@ -1,0 +1,247 @@
+"""A generation request from validation to its last byte.
+
+The route validates the request into a frozen `Generation` (model resolved, limits checked,
+engine ids and sequence count known); only that type reaches admission. `GenerationResponse`
+then admits it, runs it in the engine and writes it out, under one `Pass` (see lifecycle)
+that owns the slot until the engine request ends. A client that disconnects is recorded as
+499; one that stops reading for STREAM_STALL_TIMEOUT_SECONDS loses its connection and its
+engine request. Every path ends the ASGI call promptly with a response or a closed socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from components.errors import ClientClosed, InvalidRequest, ServiceError, render_json, render_sse
+from components.lifecycle import Gate, Pass
+from components.settings import ApiSettings
+from components.vllm_bridge import OpenAIBridge, Stream, client_chose_max_tokens, prompt_count, request_models
+
+_, _, StreamOptions = request_models()
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+Call = Callable[[Any, Request], Awaitable[Any]]
+
+
+class StreamStalled(ClientClosed):
+    code = "stream_stalled"
+
+
+@dataclass(frozen=True)
+class Generation:
+    body: Any  # vLLM's request model, model resolved and request_id set
+    key: str  # the tenant that admission counts it against
+    sequences: int  # engine sequences: n x prompts
+    engine_ids: tuple[str, ...]
+    stream: bool
+    forward_usage: bool  # the client asked for the usage chunk
+    client_chose_max_tokens: bool
+
+
+def tenant_key(state: dict[str, Any]) -> str:
+    return state.get("key_id") or "anonymous"
+
+
+def validate(body: Any, limits: ApiSettings, key: str, max_sequences: int) -> Generation:
+    """Check what the engine would accept too late or not at all; raise InvalidRequest."""
+    n = getattr(body, "n", None) or 1
+    if n > limits.max_n:
+        raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
+    if getattr(body, "use_beam_search", False):
+        # vLLM runs beam search as engine requests of other names, out of reach of our
+        # time limit, drain and abort: refused rather than left unbounded.
+        raise InvalidRequest("Beam search is not supported by this service.", param="use_beam_search",
+                             code="unsupported_parameter")
+    messages = getattr(body, "messages", None)
+    if messages is not None and len(messages) > limits.max_messages:
+        raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
+    for index, message in enumerate(messages or ()):
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"messages[{index}].role must be one of {sorted(_ROLES)}.", param=f"messages.{index}.role"
+            )
+    prompts = prompt_count(body)
+    if prompts > limits.max_prompts:
+        raise InvalidRequest(f"At most {limits.max_prompts} prompts are allowed in one request.", param="prompt")
+    sequences = n * prompts
+    if sequences > max_sequences:
+        raise InvalidRequest(
+            f"The request asks for {sequences} sequences (n x prompts); at most {max_sequences} run at once.",
+            param="n", code="too_many_sequences",
+        )
+    requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    chose = requested is not None
+    if limits.max_tokens_limit:
+        if requested is not None and requested > limits.max_tokens_limit:
+            raise InvalidRequest(f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens")
+        if requested is None:
+            body.max_tokens = limits.max_tokens_limit
+    stop = getattr(body, "stop", None)
+    if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
+        raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
+    # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
+    body.request_id = uuid.uuid4().hex
+    stream = bool(getattr(body, "stream", False))
+    forward_usage = True
+    if stream:
+        # Always ask vLLM for the usage chunk (exact token accounting); pass it on only if
+        # the client asked for it.
+        forward_usage = bool(body.stream_options and body.stream_options.include_usage)
+        body.stream_options = StreamOptions(
+            include_usage=True,
+            continuous_usage_stats=bool(body.stream_options and body.stream_options.continuous_usage_stats),
+        )
+    return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, forward_usage, chose)
+
+
+class _DisconnectWatch:
+    """Cancels the block when the client disconnects and raises ClientClosed instead."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.gone = False
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                self._task.cancel()
+                return
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._watcher.cancel()
+        if not self.gone:
+            return
+        # Whatever the block ended with (vLLM answers a cancelled non-streaming request
+        # with its own 400 "Client disconnected"), the outcome is the client's leaving;
+        # unless someone else cancelled this task too.
+        if self._task.uncancel() > 0 and isinstance(exc, asyncio.CancelledError):
+            return
+        raise ClientClosed("The client closed the connection.") from None
+
+
+class _Writer:
+    """`send` with a bound on how long the client may keep us waiting (a full socket)."""
+
+    def __init__(self, send: Send, stall_timeout_s: float) -> None:
+        self._send = send
+        self._stall_timeout_s = stall_timeout_s
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        try:
+            async with asyncio.timeout(self._stall_timeout_s):
+                await self._send(message)
+        except TimeoutError:
+            raise StreamStalled(f"The client read nothing for {self._stall_timeout_s:g} s.") from None
+
+    async def json(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        await self({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await self({"type": "http.response.body", "body": body})
+
+
+class GenerationResponse(Response):
+    def __init__(
+        self, generation: Generation, request: Request, call: Call, gate: Gate, stall_timeout_s: float
+    ) -> None:
+        self.generation = generation
+        self.request = request
+        self.call = call
+        self.gate = gate
+        self.stall_timeout_s = stall_timeout_s
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.setdefault("state", {})
+        write = _Writer(send, self.stall_timeout_s)
+        gen = self.generation
+        try:
+            async with _DisconnectWatch(receive):
+                ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids)
+                async with ticket:
+                    chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
+                    try:
+                        result = await self.call(gen.body, self.request)
+                    finally:
+                        client_chose_max_tokens.reset(chosen)
+                    if gen.stream:
+                        await self._stream(result, ticket, write, state)
+                    else:
+                        await self._respond(result, ticket, write, state)
+        except ServiceError as error:
+            await self._fail(error, write, state)
+
+    async def _respond(self, result: Any, ticket: Pass, write: _Writer, state: dict[str, Any]) -> None:
+        if ticket.abort_error is not None:
+            raise ticket.abort_error
+        state["usage"] = result.usage.model_dump() if getattr(result, "usage", None) else None
+        choices = getattr(result, "choices", None) or []
+        state["finish_reason"] = getattr(choices[0], "finish_reason", None) if choices else None
+        ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
+        state["ttft_s"] = ttft_ms / 1000 if ttft_ms is not None else None
+        await write.json(200, json.dumps(result.model_dump(mode="json"), ensure_ascii=False).encode())
+
+    async def _stream(self, stream: Stream, ticket: Pass, write: _Writer, state: dict[str, Any]) -> None:
+        stream.forward_usage = self.generation.forward_usage
+        stream.ticket = ticket
+        try:
+            await write({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")],
+            })
+            first = True
+            async for event in stream:
+                if first:
+                    first = False
+                    if "started" in state:
+                        state["ttft_s"] = time.perf_counter() - state["started"]
+                await write({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            await write({"type": "http.response.body", "body": b""})
+        finally:
+            # Closing vLLM's generator aborts the engine request if it is still running.
+            await stream.aclose()
+            state["usage"] = stream.usage
+        if stream.error is not None:
+            ticket.record_error(stream.error)
+            state["error_type"] = stream.error.code
+
+    async def _fail(self, error: ServiceError, write: _Writer, state: dict[str, Any]) -> None:
+        state["error_type"] = error.code
+        if isinstance(error, ClientClosed):
+            state["status"] = ClientClosed.status
+        if isinstance(error, StreamStalled):
+            return  # the socket is full: uvicorn closes the connection when we return
+        try:
+            if not write.started:
+                # Also for a disconnected client (uvicorn drops it): a response start ends
+                # every wrapper's wait, BentoML's timeout middleware included.
+                await write.json(error.status, render_json(error), error.headers)
+            elif not isinstance(error, ClientClosed):
+                await write({"type": "http.response.body", "body": render_sse(error).encode()})
+        except StreamStalled:
+            return

@@ -1,0 +1,178 @@
+"""A hostile or careless tenant against the real service: the breaker, fair shares between
+keys, sequences counted by admission, one owner per generation, disconnects and stalls."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.integration.server import Server, running_server, wait_until
+
+GREEDY = "sk-test-greedy-19af2c"
+POLITE = "sk-test-polite-7d03be"
+CAPACITY = 4
+SHARE = 6  # sequences one key may hold, running and queued
+TIME_LIMIT_S = 5
+PROMPT = "Once upon a time"
+FRANCE = [{"role": "system", "content": "You are a helpful assistant."},
+          {"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {
+        "API_KEYS": f"{GREEDY},{POLITE}",
+        "DEFAULT_RATE_LIMIT": "100000",
+        "MAX_NUM_SEQS": str(CAPACITY),
+        "MAX_QUEUE_SIZE": "8",
+        "MAX_INFLIGHT_PER_KEY": str(SHARE),
+        "REQUEST_TIMEOUT_SECONDS": str(TIME_LIMIT_S),
+        "BREAKER_MIN_CALLS": "2",
+        "BREAKER_WINDOW": "4",
+        "MAX_PROMPTS": "8",
+    }
+    with running_server(tmp_path_factory.mktemp("hardening"), env, name="hardening") as srv:
+        yield srv
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def health(server: Server) -> dict:
+    return httpx.get(f"{server.url}/healthz", timeout=10).json()
+
+
+def idle(server: Server) -> bool:
+    h = health(server)
+    return h["active_requests"] == 0 and h["queued_requests"] == 0 and h["engine_unfinished_requests"] == 0
+
+
+def long_completion(key: str = GREEDY, stream: bool = False) -> dict:
+    # Far more tokens than fit in the time limit on any host: the limit ends it.
+    return {"prompt": PROMPT, "max_tokens": 3000, "ignore_eos": True, "stream": stream}
+
+
+def metric_total(server: Server, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_client_chosen_time_limits_never_open_the_breaker(server: Server) -> None:
+    url = f"{server.url}/v1/completions"
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(httpx.post, url, json=long_completion(), headers=headers(GREEDY), timeout=120)
+                   for _ in range(3)]
+        responses = [future.result() for future in futures]
+    assert [r.status_code for r in responses] == [504, 504, 504]
+    assert all(r.json()["error"]["code"] == "timeout" for r in responses)
+    assert health(server)["circuit_breaker_state"] == "closed"
+    ok = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 8},
+                    headers=headers(POLITE), timeout=120)
+    assert ok.status_code == 200, ok.text
+    assert wait_until(lambda: idle(server), 10)
+
+
+def test_one_key_cannot_take_every_place(server: Server) -> None:
+    url = f"{server.url}/v1/completions"
+    first_event = [threading.Event() for _ in range(CAPACITY)]
+
+    def greedy_stream(i: int) -> int:
+        with httpx.stream("POST", url, json=long_completion(stream=True), headers=headers(GREEDY), timeout=120) as r:
+            for line in r.iter_lines():
+                if i < CAPACITY and line.startswith("data: "):
+                    first_event[i].set()
+            return r.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(SHARE + 2) as pool:
+        running = [pool.submit(greedy_stream, i) for i in range(CAPACITY)]
+        for event in first_event:
+            assert event.wait(60)
+        queued = [pool.submit(greedy_stream, CAPACITY + i) for i in range(SHARE - CAPACITY)]
+        assert wait_until(lambda: health(server)["queued_requests"] == SHARE - CAPACITY, 10)
+        refused = httpx.post(url, json=long_completion(), headers=headers(GREEDY), timeout=30)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "concurrency_limit_exceeded"
+        assert refused.headers["retry-after"]
+        # The other key still gets in, and ahead of the greedy key's queued requests.
+        polite = pool.submit(httpx.post, f"{server.url}/v1/chat/completions",
+                             json={"messages": FRANCE, "max_tokens": 8}, headers=headers(POLITE), timeout=120)
+        answer = polite.result()
+        assert answer.status_code == 200, answer.text
+        assert not all(f.done() for f in queued), "the polite key was served only after the greedy backlog"
+        statuses = [f.result() for f in running + queued]
+    assert statuses == [200] * SHARE
+    assert wait_until(lambda: idle(server), 10)
+
+
+def test_admission_counts_sequences_and_caps_prompt_lists(server: Server) -> None:
+    url = f"{server.url}/v1/completions"
+    fan_out = httpx.post(url, json={"prompt": ["a", "b", "c"], "n": 2, "max_tokens": 2},
+                         headers=headers(GREEDY), timeout=60)
+    assert fan_out.status_code == 400, fan_out.text
+    assert fan_out.json()["error"]["code"] == "too_many_sequences"
+    many = httpx.post(url, json={"prompt": ["a"] * 9, "max_tokens": 2}, headers=headers(GREEDY), timeout=60)
+    assert many.status_code == 400 and many.json()["error"]["param"] == "prompt", many.text
+    fits = httpx.post(url, json={"prompt": ["a", "b"], "n": 2, "max_tokens": 2}, headers=headers(GREEDY), timeout=60)
+    assert fits.status_code == 200 and len(fits.json()["choices"]) == 4
+
+
+def test_beam_search_is_refused_clearly(server: Server) -> None:
+    response = httpx.post(f"{server.url}/v1/completions",
+                          json={"prompt": PROMPT, "max_tokens": 8, "use_beam_search": True, "n": 2},
+                          headers=headers(GREEDY), timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "use_beam_search"
+
+
+def test_prompt_plus_max_tokens_beyond_the_context_is_a_400(server: Server) -> None:
+    response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 4090},
+                          headers=headers(GREEDY), timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and "4096" in error["message"]
+    within = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 3000,
+                        "stop": ["."]}, headers=headers(GREEDY), timeout=120)
+    assert within.status_code == 200, within.text
+
+
+def test_disconnect_is_a_499_at_info_and_nothing_is_parked(server: Server) -> None:
+    before_499 = metric_total(server, "vllm_request_total", status="499")
+    before_500 = metric_total(server, "vllm_request_total", status="500")
+    body = {"prompt": PROMPT, "max_tokens": 3000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=body, headers=headers(GREEDY), timeout=1)
+    assert wait_until(lambda: metric_total(server, "vllm_request_total", status="499") == before_499 + 1, 10)
+    assert metric_total(server, "vllm_request_total", status="500") == before_500
+    assert wait_until(lambda: idle(server), 10)
+    # BentoML's own in-progress gauge comes back to zero: its timeout middleware holds nothing.
+    assert wait_until(lambda: metric_total(server, "bentoml_service_request_in_progress") == 0, 10)
+    log = server.log()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"status": 499' in line]
+    assert lines and lines[-1]["level"] == "INFO" and lines[-1]["error_type"] == "client_closed_request"
+    assert "Traceback" not in log
+
+
+def test_random_paths_do_not_grow_the_metrics(server: Server) -> None:
+    def series() -> int:
+        return sum(1 for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+                   if line.startswith("bentoml_service_request_total{"))
+
+    httpx.get(f"{server.url}/nope-warmup", timeout=10)
+    before = series()
+    for i in range(20):
+        assert httpx.get(f"{server.url}/random-{i}", timeout=10).status_code in (401, 404)
+    assert series() == before
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert 'endpoint="/other"' in text and "/random-" not in text
