@@ -1,9 +1,13 @@
 """Admission control, counted in engine sequences: at most `capacity` sequences in the
-engine, at most `max_waiting` requests queued, at most `per_key` sequences (running and
-queued) for one key, a bounded wait, and an immediate 429/503 beyond that.
+engine, at most `max_waiting` requests queued, a bounded wait, and an immediate 429/503
+beyond that.
 
-Fair between keys: when capacity frees up, the waiting key with the fewest sequences
-running goes first, so one key's backlog cannot hold back another key's requests.
+Per key: at most `running_per_key` sequences in the engine (more of its requests wait) and
+at most `queued_per_key` requests waiting (429 beyond), so one key cannot take every queue
+place. Fair between keys: whenever capacity frees up or a request arrives, waiting requests
+are started in order of their key's running sequences (fewest first, oldest first within a
+key), and any request that fits is started, so a large request cannot hold back smaller
+ones of other keys while capacity sits idle.
 
 A hand-written queue: asyncio.Semaphore hides its waiters, cannot refuse at a bound, and
 knows neither costs nor keys.
@@ -27,7 +31,7 @@ class _Waiter:
 
 
 class Slot:
-    """`cost` sequences held for one key; `release()` gives them back, once."""
+    """`cost` sequences running for one key; `release()` gives them back, once."""
 
     def __init__(self, admission: Admission, key: str, cost: int) -> None:
         self._admission: Admission | None = admission
@@ -45,83 +49,79 @@ class Admission:
         self,
         capacity: int,
         max_waiting: int,
-        per_key: int = 0,
-        max_wait_s: float = 0,
+        max_wait_s: float,
+        running_per_key: int = 0,
+        queued_per_key: int = 0,
         on_change: Callable[[int, int], None] | None = None,
     ) -> None:
         self.capacity = capacity
         self.max_waiting = max_waiting
-        self.per_key = per_key  # 0: no per-key cap
-        self.max_wait_s = max_wait_s  # 0: wait as long as it takes
+        self.max_wait_s = max_wait_s
+        self.running_per_key = running_per_key or capacity
+        self.queued_per_key = queued_per_key or max_waiting
         self.running = 0  # sequences in the engine
         self._running_by_key: dict[str, int] = defaultdict(int)
-        self._held_by_key: dict[str, int] = defaultdict(int)  # running + queued sequences
+        self._queued_by_key: dict[str, int] = defaultdict(int)
         self._queue: deque[_Waiter] = deque()
-        self._closed_reason: str | None = None
+        self._closed: Unavailable | None = None
         self._on_change = on_change or (lambda running, waiting: None)
 
     @property
     def waiting(self) -> int:
         return len(self._queue)
 
-    def held(self, key: str) -> int:
-        return self._held_by_key.get(key, 0)
+    def running_for(self, key: str) -> int:
+        return self._running_by_key.get(key, 0)
 
-    def close(self, reason: str) -> None:
-        """Refuse new requests from now on (draining); queued ones are refused too."""
-        self._closed_reason = reason
+    def queued_for(self, key: str) -> int:
+        return self._queued_by_key.get(key, 0)
+
+    def close(self, reason: str, code: str = "shutting_down") -> None:
+        """Refuse new requests from now on (draining, engine death); queued ones too."""
+        self._closed = Unavailable(reason, code=code, headers={"retry-after": "5"})
         while self._queue:
             waiter = self._queue.popleft()
-            self._forget(waiter.key, waiter.cost)
+            self._dequeued(waiter)
             if not waiter.future.done():
-                waiter.future.set_exception(self._closed())
+                waiter.future.set_exception(self._closed)
         self._changed()
-
-    def _closed(self) -> Unavailable:
-        return Unavailable(self._closed_reason or "", code="shutting_down", headers={"retry-after": "5"})
 
     def _changed(self) -> None:
         self._on_change(self.running, len(self._queue))
 
-    def _forget(self, key: str, cost: int) -> None:
-        self._held_by_key[key] -= cost
-        if self._held_by_key[key] <= 0:
-            del self._held_by_key[key]
-
-    def _grant(self, key: str, cost: int) -> None:
-        self.running += cost
-        self._running_by_key[key] += cost
+    def _dequeued(self, waiter: _Waiter) -> None:
+        _decrement(self._queued_by_key, waiter.key, 1)
 
     async def acquire(self, key: str, cost: int = 1) -> Slot:
-        if self._closed_reason is not None:
-            raise self._closed()
-        if cost > self.capacity:
+        if self._closed is not None:
+            raise self._closed
+        if cost > self.running_per_key:
             raise InvalidRequest(
-                f"The request asks for {cost} sequences (n x prompts); at most {self.capacity} run at once.",
-                param="n", code="too_many_sequences",
+                f"The request asks for {cost} sequences (n x prompts); at most {self.running_per_key} run at once "
+                "for one key.", param="n", code="too_many_sequences",
             )
-        if self.per_key and self.held(key) + cost > self.per_key:
-            raise RateLimited(
-                f"Too many concurrent requests for this key ({self.per_key} sequences at once); retry shortly.",
-                code="concurrency_limit_exceeded", headers={"retry-after": "1", "retry-after-ms": "1000"},
-            )
-        if not self._queue and self.running + cost <= self.capacity:
-            self._held_by_key[key] += cost
-            self._grant(key, cost)
-            self._changed()
-            return Slot(self, key, cost)
-        if len(self._queue) >= self.max_waiting:
-            raise Overloaded(
-                f"The server is at capacity ({self.capacity} sequences running, {self.max_waiting} queued); "
-                "retry shortly.",
-                headers={"retry-after": "1"},
-            )
+        # After every change _dispatch() has started whatever fits, so a request that fits
+        # now starts now; one that does not must find a place in the queue.
+        if not self._fits_now(key, cost):
+            if len(self._queue) >= self.max_waiting:
+                raise Overloaded(
+                    f"The server is at capacity ({self.capacity} sequences running, {self.max_waiting} queued); "
+                    "retry shortly.", headers={"retry-after": "1"},
+                )
+            if self.queued_for(key) >= self.queued_per_key:
+                raise RateLimited(
+                    f"Too many queued requests for this key (at most {self.queued_per_key}); retry shortly.",
+                    code="concurrency_limit_exceeded", headers={"retry-after": "1", "retry-after-ms": "1000"},
+                )
         waiter = _Waiter(key, cost)
         self._queue.append(waiter)
-        self._held_by_key[key] += cost
+        self._queued_by_key[key] += 1
+        self._dispatch()
         self._changed()
+        if waiter.future.done():
+            return Slot(self, key, cost)
         try:
-            async with asyncio.timeout(self.max_wait_s or None):
+            async with asyncio.timeout(self.max_wait_s):
                 await asyncio.shield(waiter.future)
         except BaseException as exc:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
@@ -129,9 +129,9 @@ class Admission:
                 Slot(self, key, cost).release()
             elif waiter in self._queue:
                 self._queue.remove(waiter)
-                self._forget(key, cost)
-                self._changed()
+                self._dequeued(waiter)
                 self._dispatch()  # a big waiter leaving may let smaller ones in
+                self._changed()
             if isinstance(exc, TimeoutError):
                 raise Overloaded(
                     f"No capacity freed up within {self.max_wait_s:g} s; retry shortly.",
@@ -140,25 +140,34 @@ class Admission:
             raise
         return Slot(self, key, cost)
 
+    def _fits_now(self, key: str, cost: int) -> bool:
+        return self.running + cost <= self.capacity and self.running_for(key) + cost <= self.running_per_key
+
     def _release(self, key: str, cost: int) -> None:
         self.running -= cost
-        self._running_by_key[key] -= cost
-        if self._running_by_key[key] <= 0:
-            del self._running_by_key[key]
-        self._forget(key, cost)
+        _decrement(self._running_by_key, key, cost)
         self._dispatch()
         self._changed()
 
     def _dispatch(self) -> None:
-        """Hand free capacity to waiters: the key with the fewest sequences running first,
-        the oldest request of that key first."""
-        while self._queue:
+        """Start every waiting request that fits: keys with the fewest sequences running
+        first, the oldest request of a key first."""
+        while True:
             heads: dict[str, _Waiter] = {}
             for waiter in self._queue:
                 heads.setdefault(waiter.key, waiter)
-            chosen = min(heads.values(), key=lambda w: self._running_by_key.get(w.key, 0))
-            if self.running + chosen.cost > self.capacity:
+            ready = [w for w in heads.values() if self._fits_now(w.key, w.cost)]
+            if not ready:
                 return
+            chosen = min(ready, key=lambda w: self.running_for(w.key))
             self._queue.remove(chosen)
-            self._grant(chosen.key, chosen.cost)
+            self._dequeued(chosen)
+            self.running += chosen.cost
+            self._running_by_key[chosen.key] += chosen.cost
             chosen.future.set_result(None)
+
+
+def _decrement(counts: dict[str, int], key: str, by: int) -> None:
+    counts[key] -= by
+    if counts[key] <= 0:
+        del counts[key]

@@ -54,7 +54,7 @@ def install() -> None:
             super().__init__(_RestorePath(app), *args, **kwargs)
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
+            if scope["type"] in ("http", "websocket"):
                 folded = metric_path(scope["path"])
                 if folded != scope["path"]:
                     scope = {**scope, "path": folded, _REAL_PATH: scope["path"]}

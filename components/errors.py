@@ -88,6 +88,12 @@ class ClientClosed(ServiceError):
     status, type, code = 499, INVALID, "client_closed_request"
 
 
+class StreamStalled(ClientClosed):
+    """The client read nothing for the stall limit: its connection is given up."""
+
+    code = "stream_stalled"
+
+
 class MethodNotAllowed(ServiceError):
     status, type, code = 405, INVALID, "method_not_allowed"
 

@@ -19,7 +19,9 @@ from components.responses import send_error
 
 async def _starting(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
-        error = Unavailable("The model is still loading; retry shortly.", code="model_loading", headers={"retry-after": "5"})
+        error = Unavailable(
+            "The model is still loading; retry shortly.", code="model_loading", headers={"retry-after": "5"}
+        )
         await send_error(send, error)
 
 

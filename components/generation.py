@@ -23,18 +23,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from components.errors import ClientClosed, InvalidRequest, ServiceError, render_json, render_sse
+from components.errors import ClientClosed, InvalidRequest, ServiceError, StreamStalled, render_sse
 from components.lifecycle import Gate, Pass
+from components.responses import send_error
 from components.settings import ApiSettings
 from components.vllm_bridge import OpenAIBridge, Stream, client_chose_max_tokens, prompt_count, request_models
 
 _, _, StreamOptions = request_models()
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 Call = Callable[[Any, Request], Awaitable[Any]]
-
-
-class StreamStalled(ClientClosed):
-    code = "stream_stalled"
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ def tenant_key(state: dict[str, Any]) -> str:
     return state.get("key_id") or "anonymous"
 
 
-def validate(body: Any, limits: ApiSettings, key: str, max_sequences: int) -> Generation:
+def validate(body: Any, limits: ApiSettings, key: str) -> Generation:
     """Check what the engine would accept too late or not at all; raise InvalidRequest."""
     n = getattr(body, "n", None) or 1
     if n > limits.max_n:
@@ -74,12 +71,7 @@ def validate(body: Any, limits: ApiSettings, key: str, max_sequences: int) -> Ge
     prompts = prompt_count(body)
     if prompts > limits.max_prompts:
         raise InvalidRequest(f"At most {limits.max_prompts} prompts are allowed in one request.", param="prompt")
-    sequences = n * prompts
-    if sequences > max_sequences:
-        raise InvalidRequest(
-            f"The request asks for {sequences} sequences (n x prompts); at most {max_sequences} run at once.",
-            param="n", code="too_many_sequences",
-        )
+    sequences = n * prompts  # admission refuses more than one key may run at once
     requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
     chose = requested is not None
     if limits.max_tokens_limit:
@@ -105,39 +97,52 @@ def validate(body: Any, limits: ApiSettings, key: str, max_sequences: int) -> Ge
     return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, forward_usage, chose)
 
 
-class _DisconnectWatch:
-    """Cancels the block when the client disconnects and raises ClientClosed instead."""
+class _Interrupts:
+    """Interrupts the request's task (client gone, time limit, drain, engine death) and
+    raises the reason instead of CancelledError. The generation's whole life runs inside,
+    so an interrupt also stops work not yet handed to the engine, and closing vLLM's
+    generators aborts whatever the engine already holds.
+    """
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, write: _Writer) -> None:
         self._receive = receive
-        self.gone = False
+        self._write = write
+        self.reason: ServiceError | None = None
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> _Interrupts:
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            raise RuntimeError("_Interrupts needs a running task")
         self._task = task
         self._watcher = asyncio.ensure_future(self._watch())
+        return self
+
+    def interrupt(self, reason: ServiceError) -> None:
+        # After the last byte, uvicorn reports a disconnect for every request: not one.
+        if self.reason is None and not self._write.complete:
+            self.reason = reason
+            self._task.cancel()
 
     async def _watch(self) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                self.gone = True
-                self._task.cancel()
+                self.interrupt(ClientClosed("The client closed the connection."))
                 return
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._watcher.cancel()
-        if not self.gone:
-            return
-        # Whatever the block ended with (vLLM answers a cancelled non-streaming request
-        # with its own 400 "Client disconnected"), the outcome is the client's leaving;
-        # unless someone else cancelled this task too.
-        if self._task.uncancel() > 0 and isinstance(exc, asyncio.CancelledError):
-            return
-        raise ClientClosed("The client closed the connection.") from None
+        if self.reason is not None:
+            self._task.uncancel()
+        if self._task.cancelling():
+            # Cancelled from outside too (BentoML's timeout middleware has answered): stop,
+            # whatever the block ended with (vLLM turns a cancelled non-streaming request
+            # into its own 400).
+            raise asyncio.CancelledError from None
+        if self.reason is not None:
+            raise self.reason from None
 
 
 class _Writer:
@@ -147,20 +152,22 @@ class _Writer:
         self._send = send
         self._stall_timeout_s = stall_timeout_s
         self.started = False
+        self.complete = False
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+        elif not message.get("more_body", False):
+            self.complete = True
         try:
             async with asyncio.timeout(self._stall_timeout_s):
                 await self._send(message)
         except TimeoutError:
             raise StreamStalled(f"The client read nothing for {self._stall_timeout_s:g} s.") from None
 
-    async def json(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-        await self({"type": "http.response.start", "status": status, "headers": raw_headers})
+    async def json(self, body: bytes) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await self({"type": "http.response.start", "status": 200, "headers": headers})
         await self({"type": "http.response.body", "body": body})
 
 
@@ -180,8 +187,9 @@ class GenerationResponse(Response):
         write = _Writer(send, self.stall_timeout_s)
         gen = self.generation
         try:
-            async with _DisconnectWatch(receive):
+            async with _Interrupts(receive, write) as interrupts:
                 ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids)
+                ticket.interrupt = interrupts.interrupt
                 async with ticket:
                     chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
                     try:
@@ -196,18 +204,17 @@ class GenerationResponse(Response):
             await self._fail(error, write, state)
 
     async def _respond(self, result: Any, ticket: Pass, write: _Writer, state: dict[str, Any]) -> None:
-        if ticket.abort_error is not None:
-            raise ticket.abort_error
+        ticket.engine_finished()
         state["usage"] = result.usage.model_dump() if getattr(result, "usage", None) else None
         choices = getattr(result, "choices", None) or []
         state["finish_reason"] = getattr(choices[0], "finish_reason", None) if choices else None
         ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
         state["ttft_s"] = ttft_ms / 1000 if ttft_ms is not None else None
-        await write.json(200, json.dumps(result.model_dump(mode="json"), ensure_ascii=False).encode())
+        await write.json(json.dumps(result.model_dump(mode="json"), ensure_ascii=False).encode())
 
     async def _stream(self, stream: Stream, ticket: Pass, write: _Writer, state: dict[str, Any]) -> None:
         stream.forward_usage = self.generation.forward_usage
-        stream.ticket = ticket
+        stream.on_finished = ticket.engine_finished
         try:
             await write({
                 "type": "http.response.start",
@@ -223,12 +230,12 @@ class GenerationResponse(Response):
                 await write({"type": "http.response.body", "body": event.encode(), "more_body": True})
             await write({"type": "http.response.body", "body": b""})
         finally:
+            if stream.error is not None:
+                ticket.record_error(stream.error)
+                state["error_type"] = stream.error.code
+            state["usage"] = stream.usage
             # Closing vLLM's generator aborts the engine request if it is still running.
             await stream.aclose()
-            state["usage"] = stream.usage
-        if stream.error is not None:
-            ticket.record_error(stream.error)
-            state["error_type"] = stream.error.code
 
     async def _fail(self, error: ServiceError, write: _Writer, state: dict[str, Any]) -> None:
         state["error_type"] = error.code
@@ -240,7 +247,7 @@ class GenerationResponse(Response):
             if not write.started:
                 # Also for a disconnected client (uvicorn drops it): a response start ends
                 # every wrapper's wait, BentoML's timeout middleware included.
-                await write.json(error.status, render_json(error), error.headers)
+                await send_error(write, error)
             elif not isinstance(error, ClientClosed):
                 await write({"type": "http.response.body", "body": render_sse(error).encode()})
         except StreamStalled:

@@ -2,9 +2,11 @@
 registry of in-flight generations that draining, timeouts and engine death act on.
 
 One owner per generation: `Gate.admit()` returns a `Pass`, an async context manager that
-holds the admission slot and the breaker trial and gives both back exactly once — when the
-engine request ends (the `async with` block exits) or when it is aborted (time limit,
-drain, stalled client), whichever comes first, whatever the HTTP side does.
+holds the admission slot, the breaker trial and the time limit and gives them back exactly
+once: when the engine request is done (`engine_finished()`, or the `async with` block
+exits) or when it is aborted (time limit, drain, engine death), whichever comes first,
+whatever the HTTP side still has to write. An abort also interrupts the request's task, so
+work not yet handed to the engine never starts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from components.admission import Admission, Slot
 from components.breaker import CircuitBreaker
-from components.errors import ClientClosed, GenerationTimeout, ServiceError, Unavailable
+from components.errors import ClientClosed, GenerationTimeout, ServiceError, ServingFailure, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class Pass:
         self._error: ServiceError | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._released = False
+        # Interrupts the task that runs this generation (see generation.py).
+        self.interrupt: Callable[[ServiceError], None] = lambda error: None
 
     async def __aenter__(self) -> Pass:
         return self
@@ -43,18 +47,23 @@ class Pass:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is None:
+        if exc is None or self._error is not None:
             self._end(self.abort_error or self._error)
         elif isinstance(exc, ServiceError):
             self._end(exc)
         elif isinstance(exc, asyncio.CancelledError):
             self._end(self.abort_error or ClientClosed("The request was cancelled."))
         else:
-            self._end(self.abort_error or ServiceError("unexpected failure"))
+            self._end(self.abort_error or ServingFailure("unexpected failure"))
 
     def record_error(self, error: ServiceError) -> None:
         """The engine request ended with `error` without raising it (an error event in a stream)."""
         self._error = error
+
+    def engine_finished(self) -> None:
+        """The engine is done with this request; what is left is writing it out, which the
+        stall limit bounds. The sequences go back now, and the time limit stops."""
+        self._end(self._error)
 
     def abort(self, error: ServiceError) -> None:
         """Stop the engine work now; the slot goes back at once, the response reports `error`."""
@@ -63,6 +72,7 @@ class Pass:
         self.abort_error = error
         self.gate.spawn(self.gate.aborter(self.engine_ids))
         self._end(error)
+        self.interrupt(error)
 
     def _end(self, error: ServiceError | None) -> None:
         if self._released:

@@ -124,7 +124,8 @@ class PublicMethodsMiddleware:
 
 class BodyLimitMiddleware:
     """413 for bodies over `max_bytes`, by Content-Length or by counting a chunked body;
-    408 when a body chunk takes longer than `read_timeout_s` to come.
+    408 when the whole body takes longer than `read_timeout_s` to come (a deadline for the
+    body, not per chunk: a trickle of bytes cannot hold a connection).
 
     The body is read here, up to the limit, and replayed downstream: the routes need all of
     it anyway (JSON), and refusing before the app starts is the only clean way to 413.
@@ -146,9 +147,10 @@ class BodyLimitMiddleware:
                 return
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
         while True:
             try:
-                async with asyncio.timeout(self.read_timeout_s):
+                async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
                 await self._refuse(scope, send, RequestTimeout(

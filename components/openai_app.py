@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +19,7 @@ from components.errors import (
     from_status,
     render_json,
 )
-from components.generation import GenerationResponse, tenant_key, validate
+from components.generation import Call, GenerationResponse, tenant_key, validate
 from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
 from components.vllm_bridge import OpenAIBridge, request_models, to_service_error, vllm_error_types
@@ -65,7 +65,8 @@ def build_openai_app(
     limits: ApiSettings,
     gate: Gate,
     debug_info: Callable[[], dict[str, Any]] | None = None,
-    stall_timeout_s: float = 30,
+    *,
+    stall_timeout_s: float,
 ) -> FastAPI:
     # No 307 to the slashed or unslashed route: its Location would echo the Host header.
     app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None, redirect_slashes=False)
@@ -81,10 +82,10 @@ def build_openai_app(
         else:
             raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
 
-    async def generate(body: Any, request: Request, call: Callable[[Any, Request], Awaitable[Any]]) -> Response:
+    async def generate(body: Any, request: Request, call: Call) -> Response:
         resolve_model(body)
         state = request.scope.setdefault("state", {})
-        generation = validate(body, limits, key=tenant_key(state), max_sequences=gate.admission.capacity)
+        generation = validate(body, limits, key=tenant_key(state))
         state["model"] = body.model
         state["stream"] = generation.stream
         return GenerationResponse(generation, request, call, gate, stall_timeout_s)
@@ -118,11 +119,6 @@ def build_openai_app(
 
     install_error_handlers(app)
     return app
-
-
-def _finish_reason(result: Any) -> str | None:
-    choices = getattr(result, "choices", None) or []
-    return getattr(choices[0], "finish_reason", None) if choices else None
 
 
 def install_error_handlers(app: FastAPI) -> None:

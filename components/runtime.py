@@ -81,13 +81,14 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def per_key_share(settings: Settings) -> int:
-    """Sequences one key may hold (running and queued): MAX_INFLIGHT_PER_KEY, or by default
-    half of all places, so that one key always leaves room for the others."""
-    configured = settings.limits.max_inflight_per_key
-    if configured is not None:
-        return configured
-    return max(1, (settings.engine.max_num_seqs + settings.limits.max_queue_size) // 2)
+def per_key_shares(settings: Settings) -> tuple[int, int]:
+    """(sequences running, requests queued) one key may hold. By default a key may use the
+    whole engine when it is alone (the fair queue serves other keys first as sequences end)
+    but only half of the queue, so that another key always finds a place."""
+    limits = settings.limits
+    running = limits.max_inflight_per_key or settings.engine.max_num_seqs
+    queued = limits.max_queued_per_key or max(1, limits.max_queue_size // 2)
+    return running, queued
 
 
 class Runtime:
@@ -108,11 +109,14 @@ class Runtime:
             on_change=self._breaker_changed,
         )
         self.metrics.breaker_state.set(State.CLOSED)
+        # Without keys every caller is one tenant: no per-key shares.
+        running_share, queued_share = per_key_shares(settings) if self.keys.enabled else (0, 0)
         admission = Admission(
             settings.engine.max_num_seqs,
             settings.limits.max_queue_size,
-            per_key=per_key_share(settings) if self.keys.enabled else 0,
             max_wait_s=settings.limits.queue_timeout_s,
+            running_per_key=running_share,
+            queued_per_key=queued_share,
             on_change=self._queue_changed,
         )
         self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout, self._request_failed)
@@ -162,7 +166,9 @@ class Runtime:
         )
         self.spec = spec
         self.compile_cache = CompileCache.prepare(
-            settings.engine.cache_dir, engine_mod.compile_key_parts(spec), enabled="--enforce-eager" not in spec.cli_args
+            settings.engine.cache_dir,
+            engine_mod.compile_key_parts(spec),
+            enabled="--enforce-eager" not in spec.cli_args,
         )
         if self.compile_cache.was_cached:
             self.metrics.warm_cache_hits.inc()
@@ -282,7 +288,7 @@ class Runtime:
             self.engine_pids, len(self.gate.inflight), self.gate.admission.waiting,
         )
         self.gate.breaker.force_open(reason)
-        self.gate.admission.close(reason)
+        self.gate.admission.close(reason, code="engine_dead")
         # vLLM fails its own in-flight generators with EngineDeadError; this covers any
         # that would still wait.
         self.gate.abort_all(EngineDead(reason))

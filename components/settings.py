@@ -117,10 +117,11 @@ class LimitSettings(_Group):
     fail_open: bool = Field(True, alias="RATE_LIMIT_FAIL_OPEN")
     storage_timeout_s: float = Field(0.5, alias="RATE_LIMIT_STORAGE_TIMEOUT", gt=0, le=30)
     max_queue_size: int = Field(50, alias="MAX_QUEUE_SIZE", ge=0)
-    # Sequences one key may hold, running and queued; unset: half of MAX_NUM_SEQS +
-    # MAX_QUEUE_SIZE (at least 1); 0: no per-key cap. Applies only with API keys.
-    max_inflight_per_key: int | None = Field(None, alias="MAX_INFLIGHT_PER_KEY", ge=0)
-    queue_timeout_s: float = Field(30, alias="QUEUE_TIMEOUT_SECONDS", ge=0)
+    # Per API key: sequences in the engine at once (unset: MAX_NUM_SEQS, no cap), and
+    # requests waiting (unset: half of MAX_QUEUE_SIZE, at least 1).
+    max_inflight_per_key: int | None = Field(None, alias="MAX_INFLIGHT_PER_KEY", ge=1)
+    max_queued_per_key: int | None = Field(None, alias="MAX_QUEUED_PER_KEY", ge=1)
+    queue_timeout_s: float = Field(30, alias="QUEUE_TIMEOUT_SECONDS", gt=0)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), alias="CORS_ORIGINS")
 
     @field_validator("api_key_limits", mode="before")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from components.errors import EngineDead, EngineFailure, EngineOutOfMemory, ServiceError, from_status, render_sse
+from components.errors import EngineDead, EngineOutOfMemory, ServiceError, ServingFailure, from_status, render_sse
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 # vLLM reports a failure inside a stream as an event of this form.
 _ERROR_PREFIX = 'data: {"error"'
 _USAGE_MARKER = '"usage":{'
-_DONE = "data: [DONE]"
 
 
 def request_models() -> tuple[type, type, type]:
@@ -53,8 +52,10 @@ def to_service_error(exc: BaseException) -> ServiceError:
     if isinstance(exc, EngineDeadError):
         return EngineDead("The inference engine is not running; retry later.")
     if isinstance(exc, EngineGenerateError):
+        # vLLM wraps any exception inside generate() in this, input processing included:
+        # what a request's content can trigger is not the engine's health.
         logger.error("engine failed a generation: %s", exc)
-        return EngineFailure("The inference engine failed to process the request.")
+        return ServingFailure("The inference engine failed to process the request.")
     if is_out_of_memory(exc):
         return EngineOutOfMemory("The inference engine ran out of memory; retry later.")
     if not isinstance(exc, Exception):
@@ -95,8 +96,9 @@ class Stream:
     forward_usage: bool = True
     usage: dict[str, Any] | None = None
     error: ServiceError | None = None
-    # The lifecycle.Pass of this generation; its abort_error replaces vLLM's "abort" end.
-    ticket: Any = None
+    # Called once the usage chunk arrives: vLLM sends it when every choice has finished,
+    # so the engine is done with the request; only writing is left.
+    on_finished: Callable[[], None] = lambda: None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._events()
@@ -108,12 +110,10 @@ class Stream:
                     self.error = _error_from_event(event)
                     yield render_sse(self.error)
                     return
-                if _USAGE_MARKER in event and self._take_usage(event) and not self.forward_usage:
-                    continue
-                if event.startswith(_DONE) and self.ticket is not None and self.ticket.abort_error is not None:
-                    self.error = self.ticket.abort_error
-                    yield render_sse(self.error)
-                    return
+                if _USAGE_MARKER in event and self._take_usage(event):
+                    self.on_finished()
+                    if not self.forward_usage:
+                        continue
                 yield event
         except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
             self.error = to_service_error(exc)

@@ -58,9 +58,9 @@ def main_server_env(redis_url: str) -> dict[str, str]:
     return {
         "MAX_NUM_SEQS": str(MAX_NUM_SEQS),
         "MAX_QUEUE_SIZE": str(MAX_QUEUE_SIZE),
-        # The backpressure tests fill the whole queue from one key; the per-key share has
-        # tests of its own (test_hardening.py).
-        "MAX_INFLIGHT_PER_KEY": "0",
+        # The backpressure tests fill the whole queue from one key; the per-key shares have
+        # tests of their own (test_hardening.py).
+        "MAX_QUEUED_PER_KEY": str(MAX_QUEUE_SIZE),
         "API_KEYS": ",".join(ALL_KEYS),
         "ADMIN_API_KEYS": MAIN_KEY,
         "API_KEY_LIMITS": f"{MAIN_KEY}:100000,{LIMITED_KEY}:{LIMITED_N},{RETRY_KEY}:1,{TOKENS_KEY}:1000,{SHARED_KEY}:{LIMITED_N}",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,7 +16,7 @@ from tests.integration.server import Server, running_server, wait_until
 GREEDY = "sk-test-greedy-19af2c"
 POLITE = "sk-test-polite-7d03be"
 CAPACITY = 4
-SHARE = 6  # sequences one key may hold, running and queued
+QUEUED_SHARE = 2  # requests one key may have waiting
 TIME_LIMIT_S = 5
 PROMPT = "Once upon a time"
 FRANCE = [{"role": "system", "content": "You are a helpful assistant."},
@@ -31,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "DEFAULT_RATE_LIMIT": "100000",
         "MAX_NUM_SEQS": str(CAPACITY),
         "MAX_QUEUE_SIZE": "8",
-        "MAX_INFLIGHT_PER_KEY": str(SHARE),
+        "MAX_QUEUED_PER_KEY": str(QUEUED_SHARE),
         "REQUEST_TIMEOUT_SECONDS": str(TIME_LIMIT_S),
         "BREAKER_MIN_CALLS": "2",
         "BREAKER_WINDOW": "4",
@@ -95,12 +94,12 @@ def test_one_key_cannot_take_every_place(server: Server) -> None:
                     first_event[i].set()
             return r.status_code
 
-    with concurrent.futures.ThreadPoolExecutor(SHARE + 2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(CAPACITY + QUEUED_SHARE + 2) as pool:
         running = [pool.submit(greedy_stream, i) for i in range(CAPACITY)]
         for event in first_event:
             assert event.wait(60)
-        queued = [pool.submit(greedy_stream, CAPACITY + i) for i in range(SHARE - CAPACITY)]
-        assert wait_until(lambda: health(server)["queued_requests"] == SHARE - CAPACITY, 10)
+        queued = [pool.submit(greedy_stream, CAPACITY + i) for i in range(QUEUED_SHARE)]
+        assert wait_until(lambda: health(server)["queued_requests"] == QUEUED_SHARE, 10)
         refused = httpx.post(url, json=long_completion(), headers=headers(GREEDY), timeout=30)
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "concurrency_limit_exceeded"
@@ -112,13 +111,13 @@ def test_one_key_cannot_take_every_place(server: Server) -> None:
         assert answer.status_code == 200, answer.text
         assert not all(f.done() for f in queued), "the polite key was served only after the greedy backlog"
         statuses = [f.result() for f in running + queued]
-    assert statuses == [200] * SHARE
+    assert statuses == [200] * (CAPACITY + QUEUED_SHARE)
     assert wait_until(lambda: idle(server), 10)
 
 
 def test_admission_counts_sequences_and_caps_prompt_lists(server: Server) -> None:
     url = f"{server.url}/v1/completions"
-    fan_out = httpx.post(url, json={"prompt": ["a", "b", "c"], "n": 2, "max_tokens": 2},
+    fan_out = httpx.post(url, json={"prompt": ["a", "b", "c"], "n": 2, "max_tokens": 2},  # 6 > 4 sequences
                          headers=headers(GREEDY), timeout=60)
     assert fan_out.status_code == 400, fan_out.text
     assert fan_out.json()["error"]["code"] == "too_many_sequences"
@@ -176,3 +175,11 @@ def test_random_paths_do_not_grow_the_metrics(server: Server) -> None:
     assert series() == before
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert 'endpoint="/other"' in text and "/random-" not in text
+
+
+def test_trailing_slash_is_a_404_not_a_redirect_echoing_the_host(server: Server) -> None:
+    response = httpx.post(f"{server.url}/v1/chat/completions/", json={"messages": FRANCE, "max_tokens": 2},
+                          headers={**headers(POLITE), "host": "evil.example"}, timeout=30, follow_redirects=False)
+    assert response.status_code == 404, response.status_code
+    assert "location" not in response.headers
+    assert response.json()["error"]["type"] == "invalid_request_error"

@@ -110,7 +110,7 @@ async def disconnect_storm(url: str, until: float, statuses: Counter[int]) -> No
 
 
 async def fan_out(url: str, until: float, statuses: Counter[int]) -> None:
-    body = {"prompt": ["a", "b", "c", "d"], "n": 2, "max_tokens": 64, "ignore_eos": True}
+    body = {"prompt": ["a", "b"], "max_tokens": 64, "ignore_eos": True}  # 2 sequences: the whole share
     async with httpx.AsyncClient(timeout=60) as client:
         while time.monotonic() < until:
             response = await client.post(f"{url}/v1/completions", json=body, headers=auth(HOSTILE))

@@ -7,10 +7,12 @@ import pytest
 from components.admission import Admission
 from components.errors import InvalidRequest, Overloaded, RateLimited, Unavailable
 
+WAIT = 10.0
+
 
 def test_runs_up_to_capacity_then_queues_then_refuses() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=2, max_waiting=1)
+        admission = Admission(capacity=2, max_waiting=1, max_wait_s=WAIT)
         first, second = await admission.acquire("a"), await admission.acquire("a")
         queued = asyncio.ensure_future(admission.acquire("a"))
         await asyncio.sleep(0)
@@ -23,14 +25,14 @@ def test_runs_up_to_capacity_then_queues_then_refuses() -> None:
         assert admission.running == 2 and admission.waiting == 0
         for slot in (second, third):
             slot.release()
-        assert admission.running == 0 and admission.held("a") == 0
+        assert admission.running == 0 and admission.running_for("a") == 0 and admission.queued_for("a") == 0
 
     asyncio.run(scenario())
 
 
 def test_counts_sequences_not_requests() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=4, max_waiting=2)
+        admission = Admission(capacity=4, max_waiting=2, max_wait_s=WAIT)
         big = await admission.acquire("a", cost=3)
         assert admission.running == 3
         waiting = asyncio.ensure_future(admission.acquire("b", cost=2))
@@ -46,26 +48,57 @@ def test_counts_sequences_not_requests() -> None:
     asyncio.run(scenario())
 
 
-def test_per_key_cap_counts_running_and_queued() -> None:
+def test_per_key_queue_share_and_running_share() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=2, max_waiting=8, per_key=3)
+        admission = Admission(capacity=4, max_waiting=8, max_wait_s=WAIT, running_per_key=2, queued_per_key=1)
         held = [await admission.acquire("greedy"), await admission.acquire("greedy")]
+        assert admission.running == 2  # capacity is free, but the key has its share running
         queued = asyncio.ensure_future(admission.acquire("greedy"))
         await asyncio.sleep(0)
+        assert admission.waiting == 1
         with pytest.raises(RateLimited) as info:
             await admission.acquire("greedy")
         assert info.value.code == "concurrency_limit_exceeded" and info.value.headers["retry-after"]
-        other = asyncio.ensure_future(admission.acquire("polite"))  # another key still gets a place
-        await asyncio.sleep(0)
-        assert admission.waiting == 2
+        with pytest.raises(InvalidRequest):
+            await admission.acquire("greedy", cost=3)  # more than the key may ever run
+        polite = await admission.acquire("polite")  # another key runs at once
         held[0].release()
-        # Fair: the key with nothing running goes first, although it queued later.
-        polite = await other
-        assert not queued.done()
-        held[1].release()
         (await queued).release()
-        polite.release()
+        for slot in (held[1], polite):
+            slot.release()
         assert admission.running == 0 and admission.waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_fewest_running_first_and_a_new_request_that_fits_starts_at_once() -> None:
+    async def scenario() -> None:
+        admission = Admission(capacity=4, max_waiting=8, max_wait_s=WAIT)
+        a = [await admission.acquire("a", cost=3)]
+        a_more = asyncio.ensure_future(admission.acquire("a", cost=2))  # 3 + 2 > 4: waits
+        await asyncio.sleep(0)
+        # One sequence is free and B runs nothing: B starts now, not after A's backlog.
+        b = await asyncio.wait_for(admission.acquire("b", cost=1), 1)
+        a[0].release()
+        (await a_more).release()
+        b.release()
+        assert admission.running == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_big_waiting_request_does_not_hold_back_smaller_ones() -> None:
+    async def scenario() -> None:
+        admission = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT)
+        b = await admission.acquire("b", cost=6)
+        big = asyncio.ensure_future(admission.acquire("a", cost=8))  # fewest running, but does not fit
+        await asyncio.sleep(0)
+        c = await asyncio.wait_for(admission.acquire("c", cost=1), 1)  # fits in the 2 free: starts
+        assert not big.done()
+        b.release()
+        c.release()
+        (await big).release()
+        assert admission.running == 0
 
     asyncio.run(scenario())
 
@@ -77,7 +110,7 @@ def test_queue_wait_is_bounded() -> None:
         with pytest.raises(Overloaded) as info:
             await admission.acquire("b")
         assert info.value.headers["retry-after"]
-        assert admission.waiting == 0 and admission.held("b") == 0
+        assert admission.waiting == 0 and admission.queued_for("b") == 0
         slot.release()
         assert admission.running == 0
 
@@ -86,14 +119,14 @@ def test_queue_wait_is_bounded() -> None:
 
 def test_cancelled_waiter_leaves_the_queue() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=1, max_waiting=2)
+        admission = Admission(capacity=1, max_waiting=2, max_wait_s=WAIT)
         slot = await admission.acquire("a")
         waiter = asyncio.ensure_future(admission.acquire("b"))
         await asyncio.sleep(0)
         assert admission.waiting == 1
         waiter.cancel()
         await asyncio.sleep(0)
-        assert admission.waiting == 0 and admission.held("b") == 0
+        assert admission.waiting == 0 and admission.queued_for("b") == 0
         slot.release()
         assert admission.running == 0
 
@@ -102,7 +135,7 @@ def test_cancelled_waiter_leaves_the_queue() -> None:
 
 def test_waiter_cancelled_after_being_granted_gives_the_capacity_back() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=1, max_waiting=2)
+        admission = Admission(capacity=1, max_waiting=2, max_wait_s=WAIT)
         slot = await admission.acquire("a")
         waiter = asyncio.ensure_future(admission.acquire("b"))
         await asyncio.sleep(0)
@@ -110,14 +143,14 @@ def test_waiter_cancelled_after_being_granted_gives_the_capacity_back() -> None:
         waiter.cancel()  # ...and is cancelled from outside (BentoML's timeout, say)
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        assert admission.running == 0 and admission.held("b") == 0
+        assert admission.running == 0 and admission.running_for("b") == 0
 
     asyncio.run(scenario())
 
 
 def test_release_is_idempotent() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=1, max_waiting=0)
+        admission = Admission(capacity=1, max_waiting=0, max_wait_s=WAIT)
         slot = await admission.acquire("a")
         slot.release()
         slot.release()
@@ -126,18 +159,19 @@ def test_release_is_idempotent() -> None:
     asyncio.run(scenario())
 
 
-def test_close_refuses_new_and_queued_requests() -> None:
+def test_close_refuses_new_and_queued_requests_with_its_code() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=1, max_waiting=2)
+        admission = Admission(capacity=1, max_waiting=2, max_wait_s=WAIT)
         slot = await admission.acquire("a")
         waiter = asyncio.ensure_future(admission.acquire("a"))
         await asyncio.sleep(0)
-        admission.close("draining")
-        with pytest.raises(Unavailable):
+        admission.close("gone", code="engine_dead")
+        with pytest.raises(Unavailable) as info:
             await waiter
+        assert info.value.code == "engine_dead"
         with pytest.raises(Unavailable):
             await admission.acquire("a")
         slot.release()
-        assert admission.running == 0 and admission.held("a") == 0
+        assert admission.running == 0 and admission.queued_for("a") == 0
 
     asyncio.run(scenario())

@@ -25,7 +25,7 @@ def gate(timeout: float = 0, min_calls: int = 1) -> tuple[Gate, list[list[str]]]
         aborted.append(list(ids))
 
     breaker = CircuitBreaker(min_calls=min_calls, failure_rate=0.5, half_open_calls=1)
-    return Gate(Admission(2, 2), breaker, aborter, timeout), aborted
+    return Gate(Admission(2, 2, max_wait_s=10), breaker, aborter, timeout), aborted
 
 
 def test_timeout_aborts_in_the_engine_frees_the_slot_at_once_and_is_no_fault() -> None:
@@ -128,12 +128,15 @@ def test_out_of_memory_is_a_503_engine_fault_reported_once() -> None:
     assert seen == ["out_of_memory"]
 
 
-def test_serving_layer_errors_are_not_engine_faults_but_engine_errors_are() -> None:
-    from vllm.v1.engine.exceptions import EngineGenerateError
+def test_only_engine_death_and_out_of_memory_are_engine_faults() -> None:
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
     from components.vllm_bridge import to_service_error
 
     bug = to_service_error(IndexError("list index out of range"))
     assert bug.status == 500 and not bug.engine_fault
     assert "list index" not in bug.message  # internals stay in the log
-    assert to_service_error(EngineGenerateError()).engine_fault
+    # vLLM wraps any exception inside generate() in EngineGenerateError, input processing too.
+    assert not to_service_error(EngineGenerateError()).engine_fault
+    assert to_service_error(EngineDeadError()).engine_fault
+    assert to_service_error(MemoryError()).engine_fault
