@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from components.bundled_model import SERVED_NAME, ensure_converted  # noqa: E402
 from components.engine import resolve_spec  # noqa: E402
 from components.settings import EngineSettings  # noqa: E402
-from tests.integration.server import free_port, start_server  # noqa: E402
+from tests.integration.server import free_port, host_cpu, start_server  # noqa: E402
 
 KEY = "sk-bench-not-secret"
 
@@ -199,7 +199,9 @@ def main() -> None:
         raw.terminate()
         raw.wait(60)
     rows = summarize(runs)
-    machine = f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU, python {platform.python_version()}"
+    cpu = host_cpu()
+    machine = (f"{cpu['model']} ({', '.join(cpu['flags'])}), {cpu['cores']} cores, {platform.machine()}, no GPU, "
+               f"python {platform.python_version()}")
     (out / "results.json").write_text(json.dumps({"machine": machine, "runs": runs, "summary": rows,
                                                   "front_door_overhead": over}, indent=2) + "\n")
     write_markdown(rows, over, machine, out / "results.md")

@@ -114,3 +114,16 @@ def start_server(log_dir: Path, env: dict[str, str] | None = None, name: str = "
             start_new_session=True,
         )
     return Server(process, port, log_path)
+
+
+def host_cpu() -> dict[str, object]:
+    """The CPU every committed figure is recorded beside: model, the vector and matrix
+    flags that decide speed here (AVX-512, AMX, native bfloat16), cores."""
+    model, flags = "unknown", set()
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    return {"model": model, "flags": sorted(f for f in flags if f.startswith(("avx", "amx"))), "cores": os.cpu_count()}

@@ -141,9 +141,9 @@ def drain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_a_client_that_stops_reading_loses_its_slot_and_connection(drain_server: Server) -> None:
     # The kernel buffers some MB of a loopback connection that is not read; this stream
-    # (4 sequences, top-20 logprobs for every token: about 3 kB a step, up to ~10 MB) fills
+    # (8 sequences, top-20 logprobs for every token: about 6 kB a step, up to ~20 MB) fills
     # them sooner or later on any host, and no time limit ends it first on this server.
-    body = json.dumps({"prompt": PROMPT, "n": 4, "logprobs": 20, "max_tokens": 3000,
+    body = json.dumps({"prompt": PROMPT, "n": 8, "logprobs": 20, "max_tokens": 3000,
                        "ignore_eos": True, "stream": True}).encode()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.server import Server, running_server
+from tests.integration.server import Server, host_cpu, running_server
 
 HOSTILE, POLITE = "sk-soak-hostile-5a1e", "sk-soak-polite-c07b"
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
@@ -220,8 +220,7 @@ def test_hostile_tenant_soak(server: Server) -> None:
     figures = {
         "soak_seconds": SOAK_SECONDS,
         "settings": SETTINGS,
-        "host": {"cpu": _cpu_model(), "flags": _cpu_flags_of_interest(), "cores": os.cpu_count(),
-                 "machine": platform.machine()},
+        "host": {**host_cpu(), "machine": platform.machine()},
         "polite": {"requests": len(polite), "success_rate": round(success, 4), "errors": dict(polite_errors),
                    "ttft_p95_unloaded_s": round(p95(unloaded), 4), "ttft_p95_loaded_s": round(p95(ok), 4),
                    "ttft_p95_ratio": round(ratio, 3)},
@@ -240,18 +239,3 @@ def test_hostile_tenant_soak(server: Server) -> None:
     left = (after["active_requests"], after["queued_requests"], after["engine_unfinished_requests"])
     assert left == (0, 0, 0), figures
     assert bento_in_progress == 0, figures
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def _cpu_flags_of_interest() -> list[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return sorted(f for f in flags if f.startswith(("avx", "amx")))
-    return []
