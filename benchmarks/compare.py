@@ -178,7 +178,10 @@ def main() -> None:
     model_dir = str(ensure_converted(EngineSettings().cache_dir))  # type: ignore[call-arg]
     spec = resolve_spec(EngineSettings(), gpu_count=0, drain_seconds=30)  # type: ignore[call-arg]
     raw, raw_url = start_raw_vllm(spec.cli_args, logs / "vllm.log")
-    service = start_server(logs, env={"API_KEYS": KEY, "DEFAULT_RATE_LIMIT": "1000000", "MAX_QUEUE_SIZE": "100"}, name="service")
+    # Queue like raw vLLM (which waits without bound): a slow host at concurrency 64 waits
+    # longer than the default QUEUE_TIMEOUT_SECONDS, and refusals are not what this measures.
+    env = {"API_KEYS": KEY, "DEFAULT_RATE_LIMIT": "1000000", "MAX_QUEUE_SIZE": "100", "QUEUE_TIMEOUT_SECONDS": "3600"}
+    service = start_server(logs, env=env, name="service")
     try:
         service.wait_ready()
         urls = {"service": service.url, "vllm": raw_url}
