@@ -57,7 +57,8 @@ class Admission:
         self.capacity = capacity
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
-        self.running_per_key = running_per_key or capacity
+        # A share above capacity would let a request wait for room that never comes.
+        self.running_per_key = min(running_per_key or capacity, capacity)
         self.queued_per_key = queued_per_key or max_waiting
         self.running = 0  # sequences in the engine
         self._running_by_key: dict[str, int] = defaultdict(int)

@@ -40,6 +40,9 @@ def test_counts_sequences_not_requests() -> None:
         assert admission.waiting == 1  # 3 + 2 > 4
         with pytest.raises(InvalidRequest):
             await admission.acquire("a", cost=5)  # more than ever fits
+        generous = Admission(capacity=4, max_waiting=2, max_wait_s=WAIT, running_per_key=10)
+        with pytest.raises(InvalidRequest):
+            await generous.acquire("a", cost=5)  # a share above capacity does not make it fit
         big.release()
         small = await waiting
         assert admission.running == 2
