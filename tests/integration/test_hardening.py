@@ -17,7 +17,6 @@ GREEDY = "sk-test-greedy-19af2c"
 POLITE = "sk-test-polite-7d03be"
 CAPACITY = 4
 QUEUED_SHARE = 2  # requests one key may have waiting
-TIME_LIMIT_S = 5
 PROMPT = "Once upon a time"
 FRANCE = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "What is the capital of France?"}]
@@ -31,9 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "MAX_NUM_SEQS": str(CAPACITY),
         "MAX_QUEUE_SIZE": "8",
         "MAX_QUEUED_PER_KEY": str(QUEUED_SHARE),
-        "REQUEST_TIMEOUT_SECONDS": str(TIME_LIMIT_S),
-        "BREAKER_MIN_CALLS": "2",
-        "BREAKER_WINDOW": "4",
+        "REQUEST_TIMEOUT_SECONDS": "0",  # nothing here may end by the host's speed
         "MAX_PROMPTS": "8",
     }
     with running_server(tmp_path_factory.mktemp("hardening"), env, name="hardening") as srv:
@@ -53,8 +50,8 @@ def idle(server: Server) -> bool:
     return h["active_requests"] == 0 and h["queued_requests"] == 0 and h["engine_unfinished_requests"] == 0
 
 
-def long_completion(key: str = GREEDY, stream: bool = False) -> dict:
-    # Far more tokens than fit in the time limit on any host: the limit ends it.
+def long_completion(stream: bool = False) -> dict:
+    # Far more tokens than any test waits for: the client ends it.
     return {"prompt": PROMPT, "max_tokens": 3000, "ignore_eos": True, "stream": stream}
 
 
@@ -68,51 +65,51 @@ def metric_total(server: Server, name: str, **labels: str) -> float:
     return total
 
 
-def test_client_chosen_time_limits_never_open_the_breaker(server: Server) -> None:
-    url = f"{server.url}/v1/completions"
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(httpx.post, url, json=long_completion(), headers=headers(GREEDY), timeout=120)
-                   for _ in range(3)]
-        responses = [future.result() for future in futures]
-    assert [r.status_code for r in responses] == [504, 504, 504]
-    assert all(r.json()["error"]["code"] == "timeout" for r in responses)
-    assert health(server)["circuit_breaker_state"] == "closed"
-    ok = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 8},
-                    headers=headers(POLITE), timeout=120)
-    assert ok.status_code == 200, ok.text
-    assert wait_until(lambda: idle(server), 10)
-
-
 def test_one_key_cannot_take_every_place(server: Server) -> None:
+    # The server has no time limit: every greedy stream holds its place until this test
+    # closes it, so nothing here races the host's speed.
     url = f"{server.url}/v1/completions"
-    first_event = [threading.Event() for _ in range(CAPACITY)]
+    total = CAPACITY + QUEUED_SHARE
+    first_event = [threading.Event() for _ in range(total)]
+    close = [threading.Event() for _ in range(total)]
 
     def greedy_stream(i: int) -> int:
         with httpx.stream("POST", url, json=long_completion(stream=True), headers=headers(GREEDY), timeout=120) as r:
             for line in r.iter_lines():
-                if i < CAPACITY and line.startswith("data: "):
+                if line.startswith("data: "):
                     first_event[i].set()
+                if close[i].is_set():
+                    break
             return r.status_code
 
-    with concurrent.futures.ThreadPoolExecutor(CAPACITY + QUEUED_SHARE + 2) as pool:
-        running = [pool.submit(greedy_stream, i) for i in range(CAPACITY)]
-        for event in first_event:
-            assert event.wait(60)
-        queued = [pool.submit(greedy_stream, CAPACITY + i) for i in range(QUEUED_SHARE)]
-        assert wait_until(lambda: health(server)["queued_requests"] == QUEUED_SHARE, 10)
-        refused = httpx.post(url, json=long_completion(), headers=headers(GREEDY), timeout=30)
-        assert refused.status_code == 429, refused.text
-        assert refused.json()["error"]["code"] == "concurrency_limit_exceeded"
-        assert refused.headers["retry-after"]
-        # The other key still gets in, and ahead of the greedy key's queued requests.
-        polite = pool.submit(httpx.post, f"{server.url}/v1/chat/completions",
-                             json={"messages": FRANCE, "max_tokens": 8}, headers=headers(POLITE), timeout=120)
-        answer = polite.result()
-        assert answer.status_code == 200, answer.text
-        assert not all(f.done() for f in queued), "the polite key was served only after the greedy backlog"
+    with concurrent.futures.ThreadPoolExecutor(total + 1) as pool:
+        try:
+            running = [pool.submit(greedy_stream, i) for i in range(CAPACITY)]
+            for event in first_event[:CAPACITY]:
+                assert event.wait(60)
+            queued = [pool.submit(greedy_stream, CAPACITY + i) for i in range(QUEUED_SHARE)]
+            assert wait_until(lambda: health(server)["queued_requests"] == QUEUED_SHARE, 10)
+            refused = httpx.post(url, json=long_completion(), headers=headers(GREEDY), timeout=30)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "concurrency_limit_exceeded"
+            assert refused.headers["retry-after"]
+            # The other key still gets in, and ahead of the greedy key's queued requests:
+            # once it waits too, one greedy stream ends and its slot goes to the other key.
+            polite = pool.submit(httpx.post, f"{server.url}/v1/chat/completions",
+                                 json={"messages": FRANCE, "max_tokens": 8}, headers=headers(POLITE), timeout=120)
+            assert wait_until(lambda: health(server)["queued_requests"] == QUEUED_SHARE + 1, 10)
+            close[0].set()
+            answer = polite.result()
+            assert answer.status_code == 200, answer.text
+            assert not any(event.is_set() for event in first_event[CAPACITY:]), \
+                "the greedy key's queued requests were served before the other key"
+        finally:
+            for event in close:
+                event.set()
         statuses = [f.result() for f in running + queued]
-    assert statuses == [200] * (CAPACITY + QUEUED_SHARE)
-    assert wait_until(lambda: idle(server), 10)
+    assert statuses == [200] * total
+    assert all(event.is_set() for event in first_event)
+    assert wait_until(lambda: idle(server), 30)
 
 
 def test_admission_counts_sequences_and_caps_prompt_lists(server: Server) -> None:

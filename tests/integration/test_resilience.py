@@ -89,6 +89,8 @@ def timeout_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         "REQUEST_TIMEOUT_SECONDS": "5",
         "TOOL_CALL_PARSER": "none",
         "MAX_NUM_SEQS": "8",
+        "BREAKER_MIN_CALLS": "2",  # two engine faults in a row would open it
+        "BREAKER_WINDOW": "4",
     }
     with running_server(tmp_path_factory.mktemp("timeout"), env, name="timeout") as srv:
         yield srv
@@ -118,6 +120,22 @@ def test_generation_timeout_aborts_with_504_or_error_event(timeout_server: Serve
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["error"]["code"] == "timeout"
     assert wait_until(lambda: running_in_engine(timeout_server) == 0, 5)
+
+
+def test_client_chosen_time_limits_never_open_the_breaker(timeout_server: Server) -> None:
+    url = f"{timeout_server.url}/v1/completions"
+    body = {"prompt": PROMPT, "max_tokens": 3000, "ignore_eos": True}
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(httpx.post, url, json=body, timeout=120) for _ in range(3)]
+        responses = [future.result() for future in futures]
+    assert [r.status_code for r in responses] == [504, 504, 504]
+    assert all(r.json()["error"]["code"] == "timeout" for r in responses)
+    health = httpx.get(f"{timeout_server.url}/healthz", timeout=10).json()
+    assert health["circuit_breaker_state"] == "closed"
+    ok = httpx.post(f"{timeout_server.url}/v1/chat/completions", timeout=120,
+                    json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+    assert ok.status_code == 200, ok.text
+    assert wait_until(lambda: running_in_engine(timeout_server) == 0, 10)
 
 
 # --- SIGTERM draining: a server with no time limit, streams sized from the host's speed -------
