@@ -35,9 +35,9 @@ from tests.integration.server import free_port, host_cpu, start_server  # noqa: 
 KEY = "sk-bench-not-secret"
 
 
-def start_raw_vllm(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_raw_vllm(args: list[str], engine_env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, **engine_env}  # the same engine environment the service exports
     command = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", *args, "--port", str(port),
                "--host", "127.0.0.1"]
     # Our own interpreter and fixed arguments.
@@ -177,7 +177,7 @@ def main() -> None:
 
     model_dir = str(ensure_converted(EngineSettings().cache_dir))  # type: ignore[call-arg]
     spec = resolve_spec(EngineSettings(), gpu_count=0, drain_seconds=30)  # type: ignore[call-arg]
-    raw, raw_url = start_raw_vllm(spec.cli_args, logs / "vllm.log")
+    raw, raw_url = start_raw_vllm(spec.cli_args, spec.engine_env, logs / "vllm.log")
     # Queue like raw vLLM (which waits without bound): a slow host at concurrency 64 waits
     # longer than the default QUEUE_TIMEOUT_SECONDS, and refusals are not what this measures.
     env = {"API_KEYS": KEY, "DEFAULT_RATE_LIMIT": "1000000", "MAX_QUEUE_SIZE": "100", "QUEUE_TIMEOUT_SECONDS": "3600"}

@@ -41,6 +41,9 @@ class EngineSpec:
     tool_call_parser: str | None
     cli_args: list[str] = field(default_factory=list)
     dtype_reason: str = "DTYPE is set"
+    # What vLLM reads from the environment rather than from its arguments.
+    engine_env: dict[str, str] = field(default_factory=dict)
+    threads_reason: str = ""
 
 
 def default_tool_parser(model: str) -> str | None:
@@ -75,12 +78,23 @@ def cpu_dtype(flags: frozenset[str]) -> tuple[str, str]:
     return "float32", "the CPU has no native bfloat16 (no amx_bf16 or avx512_bf16): float32 is faster than emulation"
 
 
+def cpu_reserved_cores(cores: int) -> tuple[int, str]:
+    """How many cores vLLM's CPU backend keeps free of its compute threads, and why.
+
+    vLLM binds one OpenMP compute thread per core it does not reserve; by default it
+    reserves one core for its scheduler process, which on a 2-core host halves the compute.
+    Measured on 2 cores (benchmarks/cpu_tuning.py, docs/benchmarks/cpu.json): RESULT.
+    """
+    return 1, f"{cores} cores: one kept for vLLM's scheduler and the HTTP side (vLLM's default)"
+
+
 def resolve_spec(
     settings: EngineSettings,
     gpu_count: int,
     drain_seconds: float = 0,
     otlp_endpoint: str | None = None,
     cpu_flags: frozenset[str] | None = None,
+    cpu_cores: int | None = None,
 ) -> EngineSpec:
     """Decide the model and every engine argument; no engine is touched here."""
     on_gpu = gpu_count > 0
@@ -109,6 +123,18 @@ def resolve_spec(
             dtype_reason = "DTYPE=auto on a GPU: vLLM's choice from the checkpoint"
         else:
             dtype, dtype_reason = cpu_dtype(host_cpu_flags() if cpu_flags is None else cpu_flags)
+    engine_env: dict[str, str] = {}
+    threads_reason = ""
+    if not on_gpu:
+        cores = len(os.sched_getaffinity(0)) if cpu_cores is None else cpu_cores
+        if settings.cpu_reserved_cores is not None:
+            reserved, threads_reason = settings.cpu_reserved_cores, "CPU_RESERVED_CORES is set"
+        else:
+            reserved, threads_reason = cpu_reserved_cores(cores)
+        reserved = min(reserved, cores - 1)  # the engine needs one core to compute on
+        engine_env = {"VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kvcache_space_gib),
+                      "VLLM_CPU_NUM_OF_RESERVED_CPU": str(reserved)}
+        threads_reason = f"{cores - reserved} compute thread(s), {reserved} core(s) reserved: {threads_reason}"
 
     args = [
         "--model", model,
@@ -141,7 +167,7 @@ def resolve_spec(
         # core drains in-flight requests instead of aborting them. A little longer than our
         # own drain, so that our timeout, with its clear error to clients, fires first.
         args += ["--shutdown-timeout", str(int(drain_seconds) + 5)]
-    return EngineSpec(model, served, reason, on_gpu, parser, args, dtype_reason)
+    return EngineSpec(model, served, reason, on_gpu, parser, args, dtype_reason, engine_env, threads_reason)
 
 
 def compile_key_parts(spec: EngineSpec) -> dict[str, Any]:

@@ -174,10 +174,12 @@ class Runtime:
             self.metrics.warm_cache_hits.inc()
         logger.info("compile cache %s (%s)", self.compile_cache.path,
                     "found" if self.compile_cache.was_cached else "cold")
-        export_engine_environment(settings.engine, on_cpu=not spec.on_gpu, vllm_cache_root=str(self.compile_cache.path))
+        export_engine_environment(settings.engine, spec.engine_env, vllm_cache_root=str(self.compile_cache.path))
         self.gpu.start()
         logger.info("serving model %s as %r: %s", spec.model, spec.served_name, spec.reason)
         logger.info("dtype %s: %s", spec.cli_args[spec.cli_args.index("--dtype") + 1], spec.dtype_reason)
+        if spec.threads_reason:
+            logger.info("CPU threads: %s", spec.threads_reason)
         if settings.engine.attention_backend == "SDPA":
             logger.warning("VLLM_ATTENTION_BACKEND=SDPA: vLLM 0.32 has no SDPA decoder backend; using vLLM's choice")
         if settings.engine.swap_space is not None:
@@ -240,7 +242,8 @@ class Runtime:
             "settings": self.settings.redacted(),
             "engine_args": self.spec.cli_args if self.spec else None,
             "model": {"path": self.spec.model, "served_name": self.spec.served_name, "reason": self.spec.reason,
-                      "dtype_reason": self.spec.dtype_reason}
+                      "dtype_reason": self.spec.dtype_reason, "threads_reason": self.spec.threads_reason,
+                      "engine_env": self.spec.engine_env}
             if self.spec else None,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "engine_pids": self.engine_pids,

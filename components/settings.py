@@ -57,6 +57,8 @@ class EngineSettings(_Group):
     cache_dir: str = Field("/tmp/vllm_cache", alias="VLLM_CACHE_DIR")  # noqa: S108
     hf_home: str | None = Field(None, alias="HF_HOME")
     cpu_kvcache_space_gib: int = Field(1, alias="VLLM_CPU_KVCACHE_SPACE", ge=1)
+    # Cores kept free of the engine's compute threads (unset: chosen from the host).
+    cpu_reserved_cores: int | None = Field(None, alias="CPU_RESERVED_CORES", ge=0)
     tool_call_parser: str | None = Field(None, alias="TOOL_CALL_PARSER")
     cuda_visible_devices: str | None = Field(None, alias="CUDA_VISIBLE_DEVICES")
     trust_remote_code: bool = Field(False, alias="TRUST_REMOTE_CODE")
@@ -289,13 +291,12 @@ def validate_settings() -> None:
         raise SystemExit(2) from None
 
 
-def export_engine_environment(engine: EngineSettings, on_cpu: bool, vllm_cache_root: str | None = None) -> None:
+def export_engine_environment(engine: EngineSettings, engine_env: dict[str, str], vllm_cache_root: str | None = None) -> None:
     """vLLM and Hugging Face read these from the process environment, not from arguments."""
     os.environ["VLLM_CACHE_ROOT"] = vllm_cache_root or engine.cache_dir
     if engine.hf_home:
         os.environ["HF_HOME"] = engine.hf_home
-    if on_cpu:
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
+    os.environ.update(engine_env)
     # vLLM 0.32 reads VLLM_ATTENTION_BACKEND no more; we pass it as an engine argument.
     os.environ.pop("VLLM_ATTENTION_BACKEND", None)
 
