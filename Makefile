@@ -38,8 +38,13 @@ lock-cpu: | $(UV)
 serve: install
 	$(VENV)/bin/bentoml serve service:LLMService --port $(PORT)
 
-test: install system-deps
+test: install system-deps lint
 	$(PY) -m pytest tests/unit tests/packaging tests/integration tests/security tests/load -q
+
+# ruff (rules in pyproject.toml) and mypy (with pydantic's plugin) on the service's code.
+lint: install
+	$(VENV)/bin/ruff check components service.py benchmarks
+	$(PY) -m mypy components service.py
 
 test-unit: install
 	$(PY) -m pytest tests/unit -q

@@ -41,6 +41,7 @@ class LLMService:
         settings = load_settings()
         configure_logging(settings.server.log_level)
         self.runtime = Runtime(settings)
+        self._starting: asyncio.Future[None] | None = None
         # The front door (probes, auth, limits) serves while the model loads.
         gateway.install_front_door(self.runtime.front_door)
 
@@ -56,12 +57,15 @@ class LLMService:
         except Exception:
             logger.exception("startup failed; exiting")
             os._exit(1)
+        assert self.runtime.app is not None  # start() built it
         gateway.install_app(self.runtime.app)
         logger.info("service ready")
 
     @bentoml.on_shutdown
     async def stop(self) -> None:
-        self._starting.cancel()
+        # Also when startup never ran (a worker stopped before its first event loop turn).
+        if self._starting is not None:
+            self._starting.cancel()
         gateway.uninstall()
         await self.runtime.shutdown()
 
@@ -73,4 +77,5 @@ class LLMService:
         return self.runtime.is_alive()
 
 
-LLMService.add_asgi_middleware(GatewayMiddleware, gateway=gateway)
+# The decorators add this class method; mypy sees only the class as written.
+LLMService.add_asgi_middleware(GatewayMiddleware, gateway=gateway)  # type: ignore[attr-defined]

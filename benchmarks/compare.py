@@ -126,7 +126,8 @@ def write_markdown(rows: list[dict[str, Any]], over: dict[str, Any], machine: st
     lines = [
         f"Machine: {machine}. Same model and engine arguments; vLLM's benchmark client; A/B alternated.",
         "",
-        "| concurrency | output tok/s (service) | ratio vs vLLM | req/s | TTFT p50 ms | ratio | TTFT p99 ms | TPOT p50 ms | failed |",
+        "| concurrency | output tok/s (service) | ratio vs vLLM | req/s | TTFT p50 ms | ratio | TTFT p99 ms "
+        "| TPOT p50 ms | failed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -138,7 +139,8 @@ def write_markdown(rows: list[dict[str, Any]], over: dict[str, Any], machine: st
     lines += ["", "Front door overhead (service minus raw vLLM, same requests interleaved):", "",
               "| request | service p50 ms | vLLM p50 ms | added p50 ms | added p99 ms |", "|---|---|---|---|---|"]
     for kind, data in over.items():
-        lines.append(f"| {kind} | {data['service']['p50_ms']} | {data['vllm']['p50_ms']} | {data['added_p50_ms']} | {data['added_p99_ms']} |")
+        lines.append(f"| {kind} | {data['service']['p50_ms']} | {data['vllm']['p50_ms']} | "
+                     f"{data['added_p50_ms']} | {data['added_p99_ms']} |")
     path.write_text("\n".join(lines) + "\n")
 
 

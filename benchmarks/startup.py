@@ -38,7 +38,8 @@ def main() -> None:
             warm = httpx.get(f"{server.url}/healthz", timeout=10).json()["warmup_cache"]
         finally:
             server.stop()
-        rows.append({"start": attempt, "ready_s": round(ready_s, 1), "cache_found": warm["is_cached"], "key": warm["current_key"]})
+        rows.append({"start": attempt, "ready_s": round(ready_s, 1), "cache_found": warm["is_cached"],
+                     "key": warm["current_key"]})
         print(json.dumps(rows[-1]), flush=True)
     out = ROOT / "docs/benchmarks/startup.json"
     out.write_text(json.dumps(rows, indent=2) + "\n")

@@ -127,6 +127,7 @@ class Runtime:
         self.engine: Any = None
         self.bridge: OpenAIBridge | None = None
         self.app: FastAPI | None = None
+        self._shut_down = False
         self.ready = False
         self.draining = False
         self.engine_alive = True
@@ -365,6 +366,10 @@ class Runtime:
         )
 
     async def shutdown(self) -> None:
+        """Idempotent: BentoML's shutdown hook and the engine-death path may both call it."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.ready = False
         for task in self._tasks:
             if task is not asyncio.current_task():

@@ -291,7 +291,9 @@ def validate_settings() -> None:
         raise SystemExit(2) from None
 
 
-def export_engine_environment(engine: EngineSettings, engine_env: dict[str, str], vllm_cache_root: str | None = None) -> None:
+def export_engine_environment(
+    engine: EngineSettings, engine_env: dict[str, str], vllm_cache_root: str | None = None
+) -> None:
     """vLLM and Hugging Face read these from the process environment, not from arguments."""
     os.environ["VLLM_CACHE_ROOT"] = vllm_cache_root or engine.cache_dir
     if engine.hf_home:
