@@ -41,9 +41,9 @@ serve: install
 test: install system-deps lint
 	$(PY) -m pytest tests/unit tests/packaging tests/integration tests/security tests/load -q
 
-# ruff (rules in pyproject.toml) and mypy (with pydantic's plugin) on the service's code.
+# ruff (rules in pyproject.toml) on our code outside tests; mypy (pydantic plugin) on the service.
 lint: install
-	$(VENV)/bin/ruff check components service.py benchmarks
+	$(VENV)/bin/ruff check components service.py benchmarks harness
 	$(PY) -m mypy components service.py
 
 test-unit: install

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from components.bundled_model import SERVED_NAME, ensure_converted  # noqa: E402
 from components.engine import resolve_spec  # noqa: E402
 from components.settings import EngineSettings  # noqa: E402
-from tests.integration.server import free_port, host_cpu, start_server  # noqa: E402
+from harness.server import free_port, host_cpu, start_server  # noqa: E402
 
 KEY = "sk-bench-not-secret"
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from components.bundled_model import converted_dir, ensure_converted  # noqa: E402
 from components.settings import EngineSettings  # noqa: E402
-from tests.integration.server import start_server  # noqa: E402
+from harness.server import start_server  # noqa: E402
 
 
 def main() -> None:

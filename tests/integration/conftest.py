@@ -11,7 +11,7 @@ import openai
 import pytest
 import redis
 
-from tests.integration.server import Server, free_port, running_server
+from harness.server import Server, free_port, running_server
 
 MAIN_KEY = "sk-test-main-4f1c9a"
 LIMITED_KEY = "sk-test-limited-77b2e0"

@@ -17,7 +17,7 @@ from components.auth import KeyStore
 from components.middleware import install_middleware
 from components.ratelimit import RateLimiter
 from components.settings import LimitSettings
-from tests.integration.server import free_port
+from harness.server import free_port
 
 
 async def models_app(scope: Scope, receive: Receive, send: Send) -> None:

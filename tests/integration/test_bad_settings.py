@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.server import BENTOML, ROOT, free_port
+from harness.server import BENTOML, ROOT, free_port
 
 
 @pytest.mark.parametrize(("name", "value"), [("MAX_NUM_SEQS", "abc"), ("GPU_MEMORY_UTILIZATION", "1.5")])

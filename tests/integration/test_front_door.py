@@ -24,7 +24,7 @@ from tests.integration.conftest import (
     WINDOW_MINUTES,
 )
 from tests.integration.frontdoor import front_door, get_models
-from tests.integration.server import free_port
+from harness.server import free_port
 
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.server import Server, running_server, wait_until
+from harness.server import Server, running_server, wait_until
 
 GREEDY = "sk-test-greedy-19af2c"
 POLITE = "sk-test-polite-7d03be"

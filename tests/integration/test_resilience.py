@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.server import Server, running_server, start_server, wait_until
+from harness.server import Server, running_server, start_server, wait_until
 
 PROMPT = "Once upon a time"
 STALL_S = 3

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.server import Server, running_server
+from harness.server import Server, running_server
 
 KEY_SMALL, KEY_BIG = "sk-load-small-1f2e", "sk-load-big-9c8d"
 SMALL_LIMIT = 60

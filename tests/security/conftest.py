@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.server import Server, running_server
+from harness.server import Server, running_server
 
 KEY = "sk-security-suite-5e6f7a"
 

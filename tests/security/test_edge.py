@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from components.auth import PUBLIC_PATHS
-from tests.integration.server import BENTOML, ROOT, Server, free_port, running_server
+from harness.server import BENTOML, ROOT, Server, free_port, running_server
 
 USER_KEY = "sk-edge-user-41c2e8"
 ADMIN_KEY = "sk-edge-admin-7d10fa"

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.server import Server, host_cpu, running_server
+from harness.server import Server, host_cpu, running_server
 
 HOSTILE, POLITE = "sk-soak-hostile-5a1e", "sk-soak-polite-c07b"
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))

@@ -1,4 +1,4 @@
-"""Start and stop a real `bentoml serve` of this service, for the integration tests."""
+"""Start and stop a real `bentoml serve` of this service (tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 
@@ -105,7 +105,8 @@ def start_server(log_dir: Path, env: dict[str, str] | None = None, name: str = "
         **(env or {}),
     }
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
+        # Our own bentoml executable and fixed arguments.
+        process = subprocess.Popen(  # noqa: S603
             [BENTOML, "serve", "service:LLMService", "--port", str(port), "--host", "127.0.0.1"],
             cwd=ROOT,
             env=full_env,
