@@ -172,3 +172,13 @@ def _decrement(counts: dict[str, int], key: str, by: int) -> None:
     counts[key] -= by
     if counts[key] <= 0:
         del counts[key]
+
+
+def per_key_shares(max_num_seqs: int, max_queue_size: int, max_inflight_per_key: int | None,
+                   max_queued_per_key: int | None) -> tuple[int, int]:
+    """(sequences running, requests queued) one key may hold. By default a key may use the
+    whole engine when it is alone (the fair queue serves other keys first as sequences end)
+    but only half of the queue, so that another key always finds a place."""
+    running = max_inflight_per_key or max_num_seqs
+    queued = max_queued_per_key or max(1, max_queue_size // 2)
+    return running, queued

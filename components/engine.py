@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from components import bundled_model
+from components.host import host_cpu_flags, pid_alive
 from components.settings import DEFAULT_GPU_MODEL, EngineSettings
 
 if TYPE_CHECKING:
@@ -53,17 +54,6 @@ def default_tool_parser(model: str) -> str | None:
 
 # CPU instruction-set flags (as /proc/cpuinfo names them) that compute bfloat16 natively.
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def host_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    try:
-        with open(cpuinfo) as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def cpu_dtype(flags: frozenset[str]) -> tuple[str, str]:
@@ -247,3 +237,30 @@ def shutdown_engine(engine: AsyncLLM | None) -> None:
     pids = engine_core_pids(engine)
     engine.shutdown()
     logger.info("engine shut down (engine core pids %s)", pids)
+
+
+def log_choices(spec: EngineSpec, settings: EngineSettings) -> None:
+    """What was chosen and why, once at startup."""
+    logger.info("serving model %s as %r: %s", spec.model, spec.served_name, spec.reason)
+    logger.info("dtype %s: %s", spec.cli_args[spec.cli_args.index("--dtype") + 1], spec.dtype_reason)
+    if spec.threads_reason:
+        logger.info("CPU threads: %s", spec.threads_reason)
+    if settings.attention_backend == "SDPA":
+        logger.warning("VLLM_ATTENTION_BACKEND=SDPA: vLLM 0.32 has no SDPA decoder backend; using vLLM's choice")
+    if settings.swap_space is not None:
+        logger.warning("SWAP_SPACE is ignored: vLLM 0.32's engine has no CPU swap space")
+    if spec.tool_call_parser is None:
+        logger.info("no tool-call parser for this model: tool_choice='auto' requests get a 400")
+
+
+def engine_dead(engine: AsyncLLM | None, core_pids: list[int]) -> bool:
+    """vLLM marks the engine `errored` when its core fails; a killed core process is
+    seen by its pid (vLLM notices that only on the next request)."""
+    if engine is None:
+        return False
+    if getattr(engine, "errored", False):
+        return True
+    dead = [pid for pid in core_pids if not pid_alive(pid)]
+    if dead:
+        logger.error("engine core process(es) gone: %s", dead)
+    return bool(dead)

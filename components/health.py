@@ -10,11 +10,71 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 StatusSource = Callable[[], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the probes and `/healthz` read, taken at one instant."""
+
+    loaded: bool
+    engine_alive: bool
+    draining: bool
+    breaker: str  # closed, open, half_open
+    readiness_strict: bool = False
+    model: str | None = None
+    uptime_seconds: float = 0.0
+    active_requests: int = 0
+    queued_requests: int = 0
+    total_requests: int = 0
+    engine_unfinished_requests: int | None = None
+    device: dict[str, Any] = field(default_factory=dict)
+    warmup_cache: dict[str, Any] | None = None
+
+
+def readiness(s: Snapshot) -> tuple[bool, str]:
+    if not s.loaded:
+        return False, "model loading"
+    if not s.engine_alive:
+        return False, "engine dead"
+    if s.draining:
+        return False, "draining"
+    if s.readiness_strict and s.breaker == "open":
+        return False, "circuit breaker open"
+    return True, "ready"
+
+
+def health_document(s: Snapshot, timestamp: str) -> dict[str, Any]:
+    """The `/healthz` body: `dead` is answered with 503, every other status with 200."""
+    if not s.engine_alive:
+        status = "dead"
+    elif not s.loaded:
+        status = "starting"
+    elif s.draining or s.breaker != "closed":
+        status = "degraded"
+    else:
+        status = "healthy"
+    return {
+        "status": status,
+        "reason": readiness(s)[1],
+        "timestamp": timestamp,
+        "uptime_seconds": round(s.uptime_seconds, 1),
+        "model": s.model,
+        "model_loaded": s.loaded,
+        "draining": s.draining,
+        "active_requests": s.active_requests,
+        "engine_unfinished_requests": s.engine_unfinished_requests,
+        "queued_requests": s.queued_requests,
+        "total_requests": s.total_requests,
+        "circuit_breaker_state": s.breaker,
+        **s.device,
+        "warmup_cache": s.warmup_cache,
+    }
 
 
 async def _send_json(send: Send, status: int, document: dict[str, Any]) -> None:
@@ -34,12 +94,10 @@ async def _send_json(send: Send, status: int, document: dict[str, Any]) -> None:
 
 
 class HealthMiddleware:
-    def __init__(self, app: ASGIApp, healthz: StatusSource, readiness: Callable[[], tuple[bool, str]],
-                 liveness: Callable[[], bool]) -> None:
+    def __init__(self, app: ASGIApp, healthz: StatusSource, readiness: Callable[[], tuple[bool, str]]) -> None:
         self.app = app
         self.healthz = healthz
         self.readiness = readiness
-        self.liveness = liveness
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path") if scope["type"] == "http" else None

