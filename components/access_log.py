@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from components.context import RequestContext, request_context
 from components.errors import ClientClosed
 from components.metrics import Metrics, endpoint_label
 from components.responses import send_error
@@ -38,9 +38,8 @@ class AccessLogMiddleware:
             return
         path = scope["path"]
         quiet = path in QUIET_PATHS
-        state = scope.setdefault("state", {})
-        started = time.perf_counter()
-        state["started"] = started
+        ctx = request_context(scope)
+        started = ctx.started
         status_holder = {"status": 500}
 
         async def record_status(message: Message) -> None:
@@ -58,50 +57,50 @@ class AccessLogMiddleware:
                 # Nothing answered (the client left before its body was read, say). Some
                 # answer must go out: BentoML's timeout middleware waits for a first send,
                 # and would park this request for traffic.timeout otherwise.
-                state.setdefault("error_type", ClientClosed.code)
+                ctx.error_type = ctx.error_type or ClientClosed.code
                 await send_error(record_status, ClientClosed("The client closed the connection."))
         finally:
             duration = time.perf_counter() - started
             # A client gone mid-stream was answered 200 on the wire; it is recorded as 499.
-            status = state.get("status") or status_holder["status"]
+            status = ctx.status or status_holder["status"]
             if metrics is not None:
                 metrics.connections.dec()
-                self._observe(metrics, path, status, duration, state)
+                self._observe(metrics, path, status, duration, ctx)
             if self.enabled and not quiet:
-                self._log(scope, status, duration, state)
+                self._log(scope, status, duration, ctx)
 
     @staticmethod
-    def _observe(metrics: Metrics, path: str, status: int, duration: float, state: dict[str, Any]) -> None:
+    def _observe(metrics: Metrics, path: str, status: int, duration: float, ctx: RequestContext) -> None:
         endpoint = endpoint_label(path)
-        metrics.requests.labels(str(status), endpoint, state.get("model") or "none").inc()
+        metrics.requests.labels(str(status), endpoint, ctx.model or "none").inc()
         metrics.duration.labels(endpoint).observe(duration)
         if endpoint not in GENERATION_ENDPOINTS or status != 200:
             return
-        ttft = state.get("ttft_s")
+        ttft = ctx.ttft_s
         if ttft is not None:
-            metrics.ttft.labels(endpoint, str(bool(state.get("stream"))).lower()).observe(ttft)
-        completion = (state.get("usage") or {}).get("completion_tokens")
+            metrics.ttft.labels(endpoint, str(bool(ctx.stream)).lower()).observe(ttft)
+        completion = (ctx.usage or {}).get("completion_tokens")
         if completion and duration > 0:
             metrics.throughput.labels(endpoint).observe(completion / duration)
 
     @staticmethod
-    def _log(scope: Scope, status: int, duration: float, state: dict[str, Any]) -> None:
-        usage = state.get("usage") or {}
+    def _log(scope: Scope, status: int, duration: float, ctx: RequestContext) -> None:
+        usage = ctx.usage or {}
         fields = {
-            "request_id": state.get("request_id"),
+            "request_id": ctx.request_id,
             "method": scope["method"],
             "path": scope["path"],
             "status": status,
             "duration_ms": round(duration * 1000, 2),
-            "model": state.get("model"),
-            "key_id": state.get("key_id"),
+            "model": ctx.model,
+            "key_id": ctx.key_id,
             "client": (scope.get("client") or ("", 0))[0],
-            "stream": state.get("stream"),
+            "stream": ctx.stream,
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
-            "ttft_ms": round(state["ttft_s"] * 1000, 2) if state.get("ttft_s") is not None else None,
-            "finish_reason": state.get("finish_reason"),
-            "error_type": state.get("error_type"),
+            "ttft_ms": round(ctx.ttft_s * 1000, 2) if ctx.ttft_s is not None else None,
+            "finish_reason": ctx.finish_reason,
+            "error_type": ctx.error_type,
             "trace_id": _trace_id(scope),
         }
         logger.log(logging.WARNING if status >= 500 else logging.INFO, "request", extra=fields)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from components.context import request_context
 from components.errors import AuthenticationFailed, PermissionDenied
 from components.responses import send_error
 
@@ -84,11 +85,11 @@ class AuthMiddleware:
             return
         presented = presented_key(scope)
         kid = self.keys.identify(presented) if presented else None
-        state = scope.setdefault("state", {})
+        ctx = request_context(scope)
         if kid is not None:
-            state["key_id"] = kid
+            ctx.key_id = kid
             if scope["path"] in ADMIN_PATHS and not self.keys.is_admin(kid):
-                state["error_type"] = "permission_denied"
+                ctx.error_type = "permission_denied"
                 await send_error(send, PermissionDenied("This route needs an admin key (ADMIN_API_KEYS)."))
                 return
             await self.app(scope, receive, send)
@@ -97,5 +98,5 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         message = "Missing API key." if presented is None else "Invalid API key."
-        state["error_type"] = "invalid_api_key"
+        ctx.error_type = "invalid_api_key"
         await send_error(send, AuthenticationFailed(message + " Send it as 'Authorization: Bearer <key>'."))

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from components.context import RequestContext, request_context
 from components.errors import ClientClosed, InvalidRequest, ServiceError, StreamStalled, render_sse
 from components.lifecycle import Gate, Pass
 from components.responses import send_error
@@ -43,10 +44,6 @@ class Generation:
     stream: bool
     forward_usage: bool  # the client asked for the usage chunk
     client_chose_max_tokens: bool
-
-
-def tenant_key(state: dict[str, Any]) -> str:
-    return state.get("key_id") or "anonymous"
 
 
 def validate(body: Any, limits: ApiSettings, key: str) -> Generation:
@@ -183,7 +180,7 @@ class GenerationResponse(Response):
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope.setdefault("state", {})
+        ctx = request_context(scope)
         write = _Writer(send, self.stall_timeout_s)
         gen = self.generation
         try:
@@ -197,22 +194,22 @@ class GenerationResponse(Response):
                     finally:
                         client_chose_max_tokens.reset(chosen)
                     if gen.stream:
-                        await self._stream(result, ticket, write, state)
+                        await self._stream(result, ticket, write, ctx)
                     else:
-                        await self._respond(result, ticket, write, state)
+                        await self._respond(result, ticket, write, ctx)
         except ServiceError as error:
-            await self._fail(error, write, state)
+            await self._fail(error, write, ctx)
 
-    async def _respond(self, result: Any, ticket: Pass, write: _Writer, state: dict[str, Any]) -> None:
+    async def _respond(self, result: Any, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
         ticket.engine_finished()
-        state["usage"] = result.usage.model_dump() if getattr(result, "usage", None) else None
+        ctx.usage = result.usage.model_dump() if getattr(result, "usage", None) else None
         choices = getattr(result, "choices", None) or []
-        state["finish_reason"] = getattr(choices[0], "finish_reason", None) if choices else None
+        ctx.finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
         ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
-        state["ttft_s"] = ttft_ms / 1000 if ttft_ms is not None else None
+        ctx.ttft_s = ttft_ms / 1000 if ttft_ms is not None else None
         await write.json(json.dumps(result.model_dump(mode="json"), ensure_ascii=False).encode())
 
-    async def _stream(self, stream: Stream, ticket: Pass, write: _Writer, state: dict[str, Any]) -> None:
+    async def _stream(self, stream: Stream, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
         stream.forward_usage = self.generation.forward_usage
         stream.on_finished = ticket.engine_finished
         try:
@@ -225,22 +222,21 @@ class GenerationResponse(Response):
             async for event in stream:
                 if first:
                     first = False
-                    if "started" in state:
-                        state["ttft_s"] = time.perf_counter() - state["started"]
+                    ctx.ttft_s = time.perf_counter() - ctx.started
                 await write({"type": "http.response.body", "body": event.encode(), "more_body": True})
             await write({"type": "http.response.body", "body": b""})
         finally:
             if stream.error is not None:
                 ticket.record_error(stream.error)
-                state["error_type"] = stream.error.code
-            state["usage"] = stream.usage
+                ctx.error_type = stream.error.code
+            ctx.usage = stream.usage
             # Closing vLLM's generator aborts the engine request if it is still running.
             await stream.aclose()
 
-    async def _fail(self, error: ServiceError, write: _Writer, state: dict[str, Any]) -> None:
-        state["error_type"] = error.code
+    async def _fail(self, error: ServiceError, write: _Writer, ctx: RequestContext) -> None:
+        ctx.error_type = error.code
         if isinstance(error, ClientClosed):
-            state["status"] = ClientClosed.status
+            ctx.status = ClientClosed.status
         if isinstance(error, StreamStalled):
             return  # the socket is full: uvicorn closes the connection when we return
         try:

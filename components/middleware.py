@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from components.auth import AuthMiddleware, KeyStore, public_paths
+from components.context import request_context
 from components.errors import (
     ClientClosed,
     HeadersTooLarge,
@@ -68,7 +69,7 @@ class RequestIdMiddleware:
         else:
             request_id = uuid.uuid4().hex
         scope = dict(scope, headers=headers)
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_context(scope).request_id = request_id
         raw_id = request_id.encode()
 
         async def send_with_id(message: Message) -> None:
@@ -96,7 +97,7 @@ class HeaderLimitMiddleware:
         if scope["type"] == "http":
             size = sum(len(name) + len(value) + HEADER_OVERHEAD for name, value in scope["headers"])
             if size > self.max_bytes:
-                scope.setdefault("state", {})["error_type"] = HeadersTooLarge.code
+                request_context(scope).error_type = HeadersTooLarge.code
                 await send_error(send, HeadersTooLarge(f"The request headers exceed {self.max_bytes} bytes."))
                 return
         await self.app(scope, receive, send)
@@ -115,7 +116,7 @@ class PublicMethodsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in self.public and scope["method"] not in READ_ONLY_METHODS:
-            scope.setdefault("state", {})["error_type"] = MethodNotAllowed.code
+            request_context(scope).error_type = MethodNotAllowed.code
             error = MethodNotAllowed(f"{scope['path']} answers GET and HEAD only.", headers={"allow": "GET, HEAD"})
             await send_error(send, error)
             return
@@ -183,7 +184,7 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, error: ServiceError, close: bool = False) -> None:
-        scope.setdefault("state", {})["error_type"] = error.code
+        request_context(scope).error_type = error.code
         # The rest of a late body must not be read as the next request: close the connection.
         await send_error(send, error, [(b"connection", b"close")] if close else None)
 
@@ -209,15 +210,15 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in self.public or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        identity = state.get("key_id")
+        ctx = request_context(scope)
+        identity = ctx.key_id
         if identity is None:
             client = scope.get("client")
             identity = f"ip:{client[0] if client else 'unknown'}"
         try:
             windows = await self.limiter.admit(identity)
         except ServiceError as error:
-            state["error_type"] = error.code
+            ctx.error_type = error.code
             self.on_rejected(error.code or "unknown")
             await send_error(send, error)
             return
@@ -231,7 +232,7 @@ class RateLimitMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            usage = state.get("usage") or {}
+            usage = ctx.usage or {}
             tokens = int(usage.get("total_tokens") or 0)
             if tokens:
                 await self.limiter.charge_tokens(identity, tokens)

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from components.context import request_context
 from components.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -19,7 +20,7 @@ from components.errors import (
     from_status,
     render_json,
 )
-from components.generation import Call, GenerationResponse, tenant_key, validate
+from components.generation import Call, GenerationResponse, validate
 from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
 from components.vllm_bridge import OpenAIBridge, request_models, to_service_error, vllm_error_types
@@ -84,10 +85,10 @@ def build_openai_app(
 
     async def generate(body: Any, request: Request, call: Call) -> Response:
         resolve_model(body)
-        state = request.scope.setdefault("state", {})
-        generation = validate(body, limits, key=tenant_key(state))
-        state["model"] = body.model
-        state["stream"] = generation.stream
+        ctx = request_context(request.scope)
+        generation = validate(body, limits, key=ctx.tenant)
+        ctx.model = body.model
+        ctx.stream = generation.stream
         return GenerationResponse(generation, request, call, gate, stall_timeout_s)
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -123,7 +124,7 @@ def build_openai_app(
 
 def install_error_handlers(app: FastAPI) -> None:
     def respond(request: Request, error: ServiceError) -> Response:
-        request.scope.setdefault("state", {})["error_type"] = error.code or error.type
+        request_context(request.scope).error_type = error.code or error.type
         return ErrorResponse(error)
 
     async def service_error(request: Request, exc: ServiceError) -> Response:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from components.context import request_context
 from components.middleware import RequestIdMiddleware
 
 
@@ -30,7 +31,7 @@ def run(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], dict[bytes,
 def test_valid_client_id_is_kept_and_hidden_from_downstream() -> None:
     scope, headers = run([(b"x-request-id", b"abc-1")])
     assert headers[b"x-request-id"] == b"abc-1"
-    assert scope["state"]["request_id"] == "abc-1"
+    assert request_context(scope).request_id == "abc-1"
     assert all(name != b"x-request-id" for name, _ in scope["headers"])
 
 
