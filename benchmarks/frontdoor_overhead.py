@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.admission import Admission  # noqa: E402
 from components.auth import KeyStore  # noqa: E402
-from components.middleware import install_middleware  # noqa: E402
+from components.front_door import FrontDoor  # noqa: E402
 from components.ratelimit import RateLimiter  # noqa: E402
 from components.settings import LimitSettings  # noqa: E402
 
@@ -76,13 +76,12 @@ async def main(requests: int, storage: str) -> dict[str, object]:
     limits = LimitSettings(DEFAULT_RATE_LIMIT="100000000", TOKENS_PER_MINUTE_LIMIT="100000000",  # type: ignore[arg-type]
                            RATE_LIMIT_STORAGE_URI=storage)
     bare = make_downstream(None)
-    full = install_middleware(
-        make_downstream(Admission(32, 50)),
+    full = FrontDoor(
         keys=KeyStore.from_keys((KEY, "sk-other-1", "sk-other-2")),
         limiter=RateLimiter(limits),
         cors_origins=("*",),
         max_request_bytes=1 << 20,
-    )
+    ).build(make_downstream(Admission(32, 50)))
     headers = [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json"),
                (b"content-length", str(len(BODY)).encode()), (b"origin", b"https://a.example")]
     for _ in range(500):  # warm-up

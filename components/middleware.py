@@ -1,17 +1,15 @@
-"""Pure ASGI middleware of the front door, and the one function that installs it in order."""
+"""Pure ASGI middleware of the front door: request ids, header and body limits, methods on
+public paths, CORS. `front_door.py` puts them in order."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from components.auth import AuthMiddleware, KeyStore, public_paths
 from components.context import request_context
 from components.errors import (
     ClientClosed,
@@ -21,7 +19,6 @@ from components.errors import (
     RequestTimeout,
     ServiceError,
 )
-from components.ratelimit import RateLimiter
 from components.responses import send_error
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -189,88 +186,11 @@ class BodyLimitMiddleware:
         await send_error(send, error, [(b"connection", b"close")] if close else None)
 
 
-class RateLimitMiddleware:
-    """Per-key (or per-IP without keys), global and token limits on every route but the
-    public ones, with OpenAI's x-ratelimit-* headers on every response of those routes,
-    429s included."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        limiter: RateLimiter,
-        on_rejected: Callable[[str], None] | None = None,
-        public: frozenset[str] | None = None,
-    ) -> None:
-        self.app = app
-        self.limiter = limiter
-        self.on_rejected = on_rejected or (lambda kind: None)
-        self.public = public_paths(protect_metrics=False) if public is None else public
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public or scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
-        ctx = request_context(scope)
-        identity = ctx.key_id
-        if identity is None:
-            client = scope.get("client")
-            identity = f"ip:{client[0] if client else 'unknown'}"
-        try:
-            windows = await self.limiter.admit(identity)
-        except ServiceError as error:
-            ctx.error_type = error.code
-            self.on_rejected(error.code or "unknown")
-            await send_error(send, error)
-            return
-        extra = [header for window in windows for header in window.headers()]
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and extra:
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            usage = ctx.usage or {}
-            tokens = int(usage.get("total_tokens") or 0)
-            if tokens:
-                await self.limiter.charge_tokens(identity, tokens)
-
-
-def install_middleware(
-    app: ASGIApp,
-    *,
-    keys: KeyStore,
-    limiter: RateLimiter,
-    cors_origins: tuple[str, ...],
-    max_request_bytes: int,
-    protect_metrics: bool = False,
-    max_header_bytes: int = 16384,
-    body_read_timeout_s: float = 10.0,
-    outer: list[Any] | None = None,
-    on_rate_limited: Callable[[str], None] | None = None,
-) -> ASGIApp:
-    """The front door. Outermost first:
-
-    request id -> (outer: access log, metrics) -> CORS -> header limit -> public methods
-    -> auth -> rate limit -> body limit -> app
-
-    CORS sits outside everything that refuses, so that 431/405/401/403/429 carry CORS
-    headers too (browsers hide responses without them). Everything that refuses on the
-    headers alone comes before the body limit, so that a refused request is refused
-    without reading its body.
-    """
-    public = public_paths(protect_metrics)
-    app = BodyLimitMiddleware(app, max_request_bytes, body_read_timeout_s)
-    app = RateLimitMiddleware(app, limiter, on_rate_limited, public)
-    app = AuthMiddleware(app, keys, protect_metrics=protect_metrics)
-    app = PublicMethodsMiddleware(app, public)
-    app = HeaderLimitMiddleware(app, max_header_bytes)
-    allow_all = cors_origins == ("*",)
-    app = CORSMiddleware(
+def cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
+    allow_all = origins == ("*",)
+    return CORSMiddleware(
         app,
-        allow_origins=list(cors_origins),
+        allow_origins=list(origins),
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=CORS_ALLOW_HEADERS,
         expose_headers=["x-request-id", "retry-after", "retry-after-ms", *RATE_LIMIT_HEADERS],
@@ -278,6 +198,3 @@ def install_middleware(
         allow_credentials=not allow_all,
         max_age=600,
     )
-    for wrapper in reversed(outer or []):
-        app = wrapper(app)
-    return RequestIdMiddleware(app)

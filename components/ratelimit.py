@@ -19,9 +19,12 @@ from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from components.auth import key_id
-from components.errors import RateLimited, Unavailable
+from components.context import request_context
+from components.errors import RateLimited, ServiceError, Unavailable
+from components.responses import send_error
 from components.settings import LimitSettings
 
 logger = logging.getLogger(__name__)
@@ -174,3 +177,52 @@ class RateLimiter:
                 await close()
             except Exception:  # noqa: BLE001 - shutdown must go on
                 logger.debug("closing rate-limit storage failed", exc_info=True)
+
+
+class RateLimitMiddleware:
+    """Per-key (or per-IP without keys), global and token limits on every route but the
+    public ones, with OpenAI's x-ratelimit-* headers on every response of those routes,
+    429s included."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: RateLimiter,
+        on_rejected: Callable[[str], None] | None = None,
+        public: frozenset[str] = frozenset(),
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.on_rejected = on_rejected or (lambda kind: None)
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        ctx = request_context(scope)
+        identity = ctx.key_id
+        if identity is None:
+            client = scope.get("client")
+            identity = f"ip:{client[0] if client else 'unknown'}"
+        try:
+            windows = await self.limiter.admit(identity)
+        except ServiceError as error:
+            ctx.error_type = error.code
+            self.on_rejected(error.code or "unknown")
+            await send_error(send, error)
+            return
+        extra = [header for window in windows for header in window.headers()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and extra:
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            usage = ctx.usage or {}
+            tokens = int(usage.get("total_tokens") or 0)
+            if tokens:
+                await self.limiter.charge_tokens(identity, tokens)

@@ -11,18 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 from components import bundled_model, host
 from components import engine as engine_mod
-from components.access_log import AccessLogMiddleware
 from components.admission import Admission, per_key_shares
 from components.auth import KeyStore
 from components.breaker import CircuitBreaker, State
 from components.compile_cache import CompileCache
 from components.engine import EngineSpec
 from components.errors import EngineOutOfMemory, ServiceError
+from components.front_door import FrontDoor
 from components.gpu_monitor import GpuMonitor
-from components.health import HealthMiddleware, Snapshot, health_document, now_iso, readiness
+from components.health import Snapshot, health_document, now_iso, readiness
 from components.lifecycle import Gate
 from components.metrics import Metrics
-from components.middleware import install_middleware
 from components.ratelimit import RateLimiter
 from components.settings import Settings, export_engine_environment
 from components.supervisor import Supervisor
@@ -188,21 +187,21 @@ class Runtime:
         return engine_mod.engine_dead(self.engine, self.engine_pids)
 
     def front_door(self, downstream: Any) -> Any:
-        """The middleware around BentoML's whole app (probes and /metrics included)."""
-        health = HealthMiddleware(downstream, self.healthz, self.readiness)
-        access = self.settings.server.request_tracing
-        return install_middleware(
-            health,
-            outer=[lambda app: AccessLogMiddleware(app, self.metrics, enabled=access)],
-            on_rate_limited=lambda kind: self.metrics.rate_limited.labels(kind).inc(),
+        """The middleware around BentoML's whole app, in the order `FrontDoor.build` shows."""
+        settings = self.settings
+        return FrontDoor(
             keys=self.keys,
             limiter=self.limiter,
-            cors_origins=self.settings.limits.cors_origins,
-            max_request_bytes=self.settings.api.max_request_bytes,
-            protect_metrics=self.settings.auth.protect_metrics,
-            max_header_bytes=self.settings.server.max_header_bytes,
-            body_read_timeout_s=self.settings.server.body_read_timeout_s,
-        )
+            cors_origins=settings.limits.cors_origins,
+            max_request_bytes=settings.api.max_request_bytes,
+            protect_metrics=settings.auth.protect_metrics,
+            max_header_bytes=settings.server.max_header_bytes,
+            body_read_timeout_s=settings.server.body_read_timeout_s,
+            metrics=self.metrics,
+            access_log=settings.server.request_tracing,
+            on_rate_limited=lambda kind: self.metrics.rate_limited.labels(kind).inc(),
+            health=(self.healthz, self.readiness),
+        ).build(downstream)
 
     async def shutdown(self) -> None:
         """Idempotent: BentoML's shutdown hook and the engine-death path may both call it."""

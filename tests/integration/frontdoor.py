@@ -14,7 +14,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from components.auth import KeyStore
-from components.middleware import install_middleware
+from components.front_door import FrontDoor
 from components.ratelimit import RateLimiter
 from components.settings import LimitSettings
 from harness.server import free_port
@@ -30,13 +30,12 @@ async def models_app(scope: Scope, receive: Receive, send: Send) -> None:
 @contextmanager
 def front_door(keys: tuple[str, ...], **limit_env: str) -> Iterator[str]:
     limits = LimitSettings(**limit_env)  # type: ignore[arg-type]
-    app = install_middleware(
-        models_app,
+    app = FrontDoor(
         keys=KeyStore.from_keys(keys),
         limiter=RateLimiter(limits),
         cors_origins=("*",),
         max_request_bytes=65536,
-    )
+    ).build(models_app)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)

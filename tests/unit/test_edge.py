@@ -14,7 +14,8 @@ import pytest
 
 from components.auth import PUBLIC_PATHS, KeyStore
 from components.errors import RateLimited
-from components.middleware import BodyLimitMiddleware, install_middleware
+from components.front_door import FrontDoor
+from components.middleware import BodyLimitMiddleware
 from components.ratelimit import RateLimiter
 from components.settings import LimitSettings, SettingsError, _redact_uri, load_settings
 
@@ -94,14 +95,13 @@ def call(
 
 def front_door(keys: tuple[str, ...] = (USER, OTHER), admin: tuple[str, ...] = (ADMIN,), **options: Any) -> Any:
     limits = options.pop("limits", {})
-    return install_middleware(
-        ok_app,
+    return FrontDoor(
         keys=KeyStore.from_keys(keys, admin),
         limiter=RateLimiter(LimitSettings(**limits)),
         cors_origins=options.pop("cors_origins", ("https://app.example.com",)),
         max_request_bytes=1_048_576,
         **options,
-    )
+    ).build(ok_app)
 
 
 def bearer(key: str) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,63 @@
+"""The front door: every middleware around BentoML's whole app (probes and /metrics
+included), in order, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp
+
+from components.access_log import AccessLogMiddleware
+from components.auth import AuthMiddleware, KeyStore, public_paths
+from components.health import HealthMiddleware, StatusSource
+from components.metrics import Metrics
+from components.middleware import (
+    BodyLimitMiddleware,
+    HeaderLimitMiddleware,
+    PublicMethodsMiddleware,
+    RequestIdMiddleware,
+    cors,
+)
+from components.ratelimit import RateLimiter, RateLimitMiddleware
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    keys: KeyStore
+    limiter: RateLimiter
+    cors_origins: tuple[str, ...]
+    max_request_bytes: int
+    protect_metrics: bool = False
+    max_header_bytes: int = 16384
+    body_read_timeout_s: float = 10.0
+    metrics: Metrics | None = None  # none: no request metrics (benchmarks, unit tests)
+    access_log: bool = False
+    on_rate_limited: Callable[[str], None] | None = None
+    # (the /healthz document, readiness with its reason); none: no health layer
+    health: tuple[StatusSource, Callable[[], tuple[bool, str]]] | None = None
+
+    def build(self, app: ASGIApp) -> ASGIApp:
+        """Outermost first. The request id comes first so that every answer, refusals
+        included, carries one; the access log sees every outcome. CORS sits outside
+        everything that refuses, so that 431/405/401/403/429 carry CORS headers (browsers
+        hide responses without them). What refuses on the headers alone comes before the
+        body limit, so a refused request is refused without reading its body. Health is
+        innermost: BentoML answers /livez and /readyz, we give them JSON bodies."""
+        public = public_paths(self.protect_metrics)
+        layers: list[Callable[[ASGIApp], ASGIApp]] = [
+            RequestIdMiddleware,
+            lambda a: AccessLogMiddleware(a, self.metrics, enabled=self.access_log),
+            lambda a: cors(a, self.cors_origins),
+            lambda a: HeaderLimitMiddleware(a, self.max_header_bytes),
+            lambda a: PublicMethodsMiddleware(a, public),
+            lambda a: AuthMiddleware(a, self.keys, protect_metrics=self.protect_metrics),
+            lambda a: RateLimitMiddleware(a, self.limiter, self.on_rate_limited, public),
+            lambda a: BodyLimitMiddleware(a, self.max_request_bytes, self.body_read_timeout_s),
+        ]
+        if self.health is not None:
+            healthz, readiness = self.health
+            layers.append(lambda a: HealthMiddleware(a, healthz, readiness))
+        for layer in reversed(layers):
+            app = layer(app)
+        return app
