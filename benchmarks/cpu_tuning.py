@@ -47,7 +47,7 @@ CANDIDATES: list[tuple[str, dict[str, str]]] = [
 
 def run_candidate(name: str, env: dict[str, str], cache_dir: Path, logs: Path, model_dir: str,
                   prompts: int) -> dict[str, Any]:
-    full_env = {"API_KEYS": KEY, "DEFAULT_RATE_LIMIT": "1000000", "MAX_QUEUE_SIZE": "100",
+    full_env = {"API_KEYS": KEY, "ADMIN_API_KEYS": KEY, "DEFAULT_RATE_LIMIT": "1000000", "MAX_QUEUE_SIZE": "100",
                 "QUEUE_TIMEOUT_SECONDS": "3600", "VLLM_CACHE_DIR": str(cache_dir), **env}
     slug = "".join(c if c.isalnum() else "-" for c in name)
     started = time.monotonic()

@@ -1,0 +1,80 @@
+"""The layering rules, read from the source: what each module may import, and where the
+couplings to vLLM's and uvicorn's internals live."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+COMPONENTS = Path(__file__).resolve().parents[2] / "components"
+# Core modules: everything else builds on them; they import nothing of ours.
+CORE = {"settings", "errors", "context", "metrics", "logs", "host"}
+# The two modules that know vLLM: its engine (engine.py) and its OpenAI layer (the bridge).
+VLLM_MODULES = {"engine", "vllm_bridge"}
+# The edge: what a request meets before any engine work; never the engine side.
+EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway"}
+ENGINE_SIDE = {"engine", "vllm_bridge", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor"}
+UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
+
+
+def modules() -> dict[str, ast.Module]:
+    return {path.stem: ast.parse(path.read_text()) for path in COMPONENTS.glob("*.py") if path.stem != "__init__"}
+
+
+def imports(tree: ast.Module) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            if node.module == "components":
+                found |= {f"components.{alias.name}" for alias in node.names}
+    return found
+
+
+def ours(tree: ast.Module) -> set[str]:
+    return {name.split(".")[1] for name in imports(tree) if name.startswith("components.")}
+
+
+def test_the_rules_name_real_modules() -> None:
+    names = set(modules())
+    assert CORE | VLLM_MODULES | EDGE | ENGINE_SIDE <= names
+
+
+@pytest.mark.parametrize("name", sorted(CORE))
+def test_core_modules_import_nothing_of_ours(name: str) -> None:
+    assert ours(modules()[name]) == set()
+
+
+def test_vllm_is_imported_only_by_the_engine_facade_and_the_bridge() -> None:
+    users = {name for name, tree in modules().items() if any(m.split(".")[0] == "vllm" for m in imports(tree))}
+    assert users == VLLM_MODULES
+
+
+def test_uvicorn_internals_only_in_the_supervisor() -> None:
+    users = {path.stem for path in COMPONENTS.glob("*.py")
+             if "import uvicorn" in path.read_text() or any(attr in path.read_text() for attr in UVICORN_INTERNALS)}
+    assert users == {"supervisor"}
+
+
+@pytest.mark.parametrize("name", sorted(EDGE))
+def test_the_edge_never_imports_the_engine_side(name: str) -> None:
+    assert ours(modules()[name]) & ENGINE_SIDE == set()
+
+
+def test_scope_state_is_touched_only_by_the_context_module() -> None:
+    offenders = []
+    for name, tree in modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value == "state" and name != "context":
+                offenders.append(f"{name}:{node.lineno}")
+    assert offenders == []
+
+
+def test_no_module_is_long() -> None:
+    lengths = {path.stem: len(path.read_text().splitlines()) for path in COMPONENTS.glob("*.py")}
+    assert lengths["runtime"] <= 220
+    assert {name: n for name, n in lengths.items() if n > 300} == {}
