@@ -78,10 +78,12 @@ class Metrics:
         )
         labels = ["gpu", "uuid"]
         self.gpu_memory = Gauge(
-            "vllm_gpu_memory_usage_gb", "GPU memory used, GB.", labels, multiprocess_mode="mostrecent", registry=None,
+            "vllm_gpu_memory_usage_gb", "GPU memory used, GiB (2^30 bytes).", labels, multiprocess_mode="mostrecent",
+            registry=None,
         )
         self.gpu_memory_total = Gauge(
-            "vllm_gpu_memory_total_gb", "GPU memory in total, GB.", labels, multiprocess_mode="mostrecent",
+            "vllm_gpu_memory_total_gb", "GPU memory in total, GiB (2^30 bytes).", labels,
+            multiprocess_mode="mostrecent",
             registry=None,
         )
         self.gpu_utilization = Gauge(

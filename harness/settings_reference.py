@@ -23,7 +23,7 @@ GROUPS: list[tuple[str, type[Any]]] = [
 ]
 
 DESCRIPTIONS: dict[str, str] = {
-    'MODEL_PATH': 'model path or Hugging Face id; unset: see "Which model is served"',
+    'MODEL_PATH': 'model path or Hugging Face id; unset: the README says which model ("Which model is served")',
     'SERVED_MODEL_NAME': 'the name in `/v1/models` and responses (unset: model id / `SmolLM2-135M-Instruct`)',
     'MAX_MODEL_LEN': 'context length (prompt + completion)',
     'GPU_MEMORY_UTILIZATION': 'fraction of GPU memory vLLM may use, in (0, 1]',

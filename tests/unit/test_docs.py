@@ -1,0 +1,25 @@
+"""The README stays short and its links lead somewhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_is_short_with_contents_and_links_that_resolve() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 12 * 1024
+    assert "**Contents:**" in readme
+    for anchor in re.findall(r"\]\(#([a-z-]+)\)", readme):
+        assert f"## {anchor.replace('-', ' ')}".lower() in readme.lower(), anchor
+    for target in re.findall(r"\]\((docs/[^)#]+)\)", readme):
+        assert (ROOT / target).is_file(), target
+
+
+def test_every_make_target_the_docs_name_exists() -> None:
+    targets = set(re.findall(r"^([a-z-]+):", (ROOT / "Makefile").read_text(), re.M))
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\bmake ([a-z][a-z-]+)", doc.read_text()):
+            assert target in targets, f"{doc.name}: make {target}"
