@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated candidate names (default: all)")
     parser.add_argument("--prompts", type=int, default=32, help="at concurrency 16 (concurrency 1 uses a quarter)")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks"))
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other candidates already in cpu.json (same host), replace these")
     options = parser.parse_args()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +146,12 @@ def main() -> None:
             results.append(run_candidate(name, env, cache_dir, logs, model_dir, options.prompts))
     finally:
         shutil.rmtree(cache_dir / "compile", ignore_errors=True)
+    if options.append and (out / "cpu.json").is_file():
+        kept = json.loads((out / "cpu.json").read_text())
+        if kept["machine"]["description"] != machine["description"]:
+            raise SystemExit("cpu.json was measured on another host: run without --append")
+        mine = {r["name"]: r for r in kept["candidates"]} | {r["name"]: r for r in results}
+        results = [mine[name] for name, _ in CANDIDATES if name in mine]
     write_outputs(results, machine, auto, out)
     print((out / "cpu.md").read_text())
 

@@ -57,7 +57,7 @@ class EngineSettings(_Group):
     cache_dir: str = Field("/tmp/vllm_cache", alias="VLLM_CACHE_DIR")  # noqa: S108
     hf_home: str | None = Field(None, alias="HF_HOME")
     cpu_kvcache_space_gib: int = Field(1, alias="VLLM_CPU_KVCACHE_SPACE", ge=1)
-    # Cores kept free of the engine's compute threads (unset: chosen from the host).
+    # Cores kept free of the engine's compute threads (unset: engine.cpu_reserved_cores).
     cpu_reserved_cores: int | None = Field(None, alias="CPU_RESERVED_CORES", ge=0)
     tool_call_parser: str | None = Field(None, alias="TOOL_CALL_PARSER")
     cuda_visible_devices: str | None = Field(None, alias="CUDA_VISIBLE_DEVICES")

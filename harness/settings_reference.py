@@ -36,7 +36,7 @@ DESCRIPTIONS: dict[str, str] = {
     'VLLM_CACHE_DIR': "converted bundled model and vLLM's caches",
     'HF_HOME': 'Hugging Face cache, where downloaded weights go (unset: Hugging Face default)',
     'VLLM_CPU_KVCACHE_SPACE': 'CPU only: GiB of KV cache (without it vLLM asks for 92% of RAM)',
-    'CPU_RESERVED_CORES': "CPU only: cores kept free of the engine's compute threads (vLLM's `VLLM_CPU_NUM_OF_RESERVED_CPU`), for its scheduler process and the HTTP side; unset: chosen from the host (see docs/benchmarks.md); never more than the host's cores minus one",
+    'CPU_RESERVED_CORES': "CPU only: cores kept free of the engine's compute threads (vLLM's `VLLM_CPU_NUM_OF_RESERVED_CPU`), for its scheduler process and the HTTP side; unset: `0` on hosts with 2 cores or fewer (measured 1.8x the throughput there, see docs/benchmarks.md), else `1` (vLLM's default); never more than the host's cores minus one",
     'TOOL_CALL_PARSER': 'vLLM tool-call parser; `none` disables tool parsing (unset: by model family)',
     'CUDA_VISIBLE_DEVICES': 'which GPU(s) the engine sees (read by CUDA itself)',
     'TRUST_REMOTE_CODE': 'allow model repos with custom code',

@@ -107,3 +107,22 @@ def test_host_cpu_flags_reads_proc_cpuinfo_format(tmp_path) -> None:  # type: ig
 
     assert host_cpu_flags(str(info)) == {"fpu", "avx2", "amx_bf16"}
     assert host_cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def reserved_of(spec) -> str:  # type: ignore[no-untyped-def]
+    return spec.engine_env["VLLM_CPU_NUM_OF_RESERVED_CPU"]
+
+
+def test_cpu_threads_use_every_core_on_small_hosts_and_keep_vllms_default_on_big_ones() -> None:
+    assert reserved_of(resolve_spec(engine_settings(), gpu_count=0, cpu_cores=2)) == "0"
+    assert reserved_of(resolve_spec(engine_settings(), gpu_count=0, cpu_cores=1)) == "0"
+    big = resolve_spec(engine_settings(), gpu_count=0, cpu_cores=32)
+    assert reserved_of(big) == "1" and "31 compute thread(s)" in big.threads_reason
+    assert resolve_spec(engine_settings(), gpu_count=1, cpu_cores=2).engine_env == {}
+
+
+def test_explicit_reserved_cores_win_but_leave_one_core_to_compute() -> None:
+    spec = resolve_spec(engine_settings(CPU_RESERVED_CORES="1"), gpu_count=0, cpu_cores=2)
+    assert reserved_of(spec) == "1" and "CPU_RESERVED_CORES is set" in spec.threads_reason
+    lowered = resolve_spec(engine_settings(CPU_RESERVED_CORES="4"), gpu_count=0, cpu_cores=2)
+    assert reserved_of(lowered) == "1" and "lowered from 4" in lowered.threads_reason
