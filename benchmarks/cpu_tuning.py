@@ -111,7 +111,7 @@ def write_outputs(results: list[dict[str, Any]], machine: dict[str, Any], auto: 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", default="", help="comma-separated candidate names (default: all)")
+    parser.add_argument("--only", default="", help="candidate names separated by ; (default: all)")
     parser.add_argument("--prompts", type=int, default=32, help="at concurrency 16 (concurrency 1 uses a quarter)")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks"))
     parser.add_argument("--append", action="store_true",
@@ -119,7 +119,7 @@ def main() -> None:
     options = parser.parse_args()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    wanted = {n.strip() for n in options.only.split(",") if n.strip()}
+    wanted = {n.strip() for n in options.only.split(";") if n.strip()}
     chosen = [(n, e) for n, e in CANDIDATES if not wanted or n in wanted]
 
     cpu = host_cpu()
