@@ -46,7 +46,7 @@ lint: install
 	$(VENV)/bin/ruff check components service.py benchmarks harness
 	$(PY) -m mypy components service.py
 
-test-unit: install
+test-unit: install system-deps
 	$(PY) -m pytest tests/unit -q
 
 # Bounded load test: 300 concurrent clients against a fresh server on loopback.

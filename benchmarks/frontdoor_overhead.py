@@ -1,5 +1,7 @@
-"""Added latency of the front door (request id, CORS, auth, rate limit, body limit,
-admission) per request, measured in-process on ASGI calls, A/B interleaved.
+"""Added latency of the front door (request id, access log without metrics or logging,
+CORS, header limit, methods, auth, rate limit, body limit, admission) per request, measured
+in-process on ASGI calls, A/B interleaved. Figures committed before FrontDoor.build (which
+always adds the access-log layer) were measured without it.
 
     .venv/bin/python benchmarks/frontdoor_overhead.py [--requests 20000] [--redis redis://...]
 

@@ -21,7 +21,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from components.auth import key_id
+from components.auth import key_id, public_paths
 from components.context import request_context
 from components.errors import RateLimited, ServiceError, Unavailable
 from components.responses import send_error
@@ -189,12 +189,12 @@ class RateLimitMiddleware:
         app: ASGIApp,
         limiter: RateLimiter,
         on_rejected: Callable[[str], None] | None = None,
-        public: frozenset[str] = frozenset(),
+        public: frozenset[str] | None = None,
     ) -> None:
         self.app = app
         self.limiter = limiter
         self.on_rejected = on_rejected or (lambda kind: None)
-        self.public = public
+        self.public = public_paths(protect_metrics=False) if public is None else public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public or scope["method"] == "OPTIONS":

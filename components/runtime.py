@@ -162,7 +162,10 @@ class Runtime:
         return health_document(self.snapshot(), now_iso())
 
     def readiness(self) -> tuple[bool, str]:
-        return readiness(self.snapshot())
+        # Probed often: only what readiness reads (the breaker only when it decides).
+        strict = self.settings.server.readiness_strict
+        breaker = self.breaker.state.name.lower() if strict else "unread"
+        return readiness(Snapshot(self.ready, self.supervisor.engine_alive, self.supervisor.draining, breaker, strict))
 
     def is_alive(self) -> bool:
         return self.supervisor.engine_alive
@@ -204,7 +207,7 @@ class Runtime:
         ).build(downstream)
 
     async def shutdown(self) -> None:
-        """Idempotent: BentoML's shutdown hook and the engine-death path may both call it."""
+        """Idempotent: BentoML's shutdown hook and the forced exit after a drain may both call it."""
         if self._shut_down:
             return
         self._shut_down = True

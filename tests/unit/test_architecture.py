@@ -17,6 +17,13 @@ VLLM_MODULES = {"engine", "vllm_bridge"}
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway"}
 ENGINE_SIDE = {"engine", "vllm_bridge", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
+# The README's layers ("How it fits together"): a module imports from its own layer and below.
+LAYERS = [
+    CORE | {"responses", "bundled_model", "compile_cache"},
+    EDGE | {"gpu_monitor", "bentoml_metrics"},
+    {"admission", "breaker", "lifecycle", "generation", "engine", "vllm_bridge", "openai_app"},
+    {"runtime", "supervisor"},
+]
 
 
 def modules() -> dict[str, ast.Module]:
@@ -39,9 +46,17 @@ def ours(tree: ast.Module) -> set[str]:
     return {name.split(".")[1] for name in imports(tree) if name.startswith("components.")}
 
 
-def test_the_rules_name_real_modules() -> None:
+def test_the_rules_name_real_modules_and_every_module_has_a_layer() -> None:
     names = set(modules())
     assert CORE | VLLM_MODULES | EDGE | ENGINE_SIDE <= names
+    assert set().union(*LAYERS) == names
+
+
+def test_no_module_imports_from_a_layer_above_its_own() -> None:
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    upward = sorted(f"{name} -> {other}" for name, tree in modules().items() for other in ours(tree)
+                    if rank[other] > rank[name])
+    assert upward == []
 
 
 @pytest.mark.parametrize("name", sorted(CORE))

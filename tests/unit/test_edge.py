@@ -169,6 +169,8 @@ def test_client_disconnect_mid_body_still_sends_a_499() -> None:
 
     exchange = call(front_door(), "POST", "/v1/chat/completions", bearer(USER), receive=receive)
     assert exchange.status == 499 and exchange.error()["code"] == "client_closed_request"
+    # The body limit's own answer, not the access log's safety net behind it.
+    assert "during the body" in exchange.error()["message"]
     assert not exchange.reached_app
 
 

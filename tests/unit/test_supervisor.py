@@ -121,6 +121,30 @@ def test_drain_then_hands_the_signal_to_uvicorn_then_forces_the_exit() -> None:
     asyncio.run(scenario())
 
 
+def test_sigterm_starts_one_drain_however_many_arrive() -> None:
+    async def scenario() -> None:
+        engine, clock = FakeEngine(), Clock()
+        supervisor, gate, _, _ = make(engine, clock)
+        handled: list[int] = []
+        original = signal.signal(signal.SIGTERM, lambda signum, frame: handled.append(signum))
+        try:
+            supervisor._install_sigterm()
+            async with await gate.admit("k", 1, ["a"]):
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+                assert supervisor.draining  # set by the handler itself, before any task runs
+                await asyncio.sleep(0)
+                assert handled == []  # the previous handler waits for the drain
+            while not handled:
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*supervisor.tasks)
+            assert handled == [signal.SIGTERM] and len(supervisor.tasks) == 1
+        finally:
+            signal.signal(signal.SIGTERM, original)
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
 def snapshot(**changes: Any) -> Snapshot:
     base = {"loaded": True, "engine_alive": True, "draining": False, "breaker": "closed"}
     return Snapshot(**{**base, **changes})
