@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.bundled_model import SERVED_NAME, ensure_converted  # noqa: E402
-from components.engine import resolve_spec  # noqa: E402
+from components.engine_spec import resolve_spec  # noqa: E402
 from components.settings import EngineSettings  # noqa: E402
 from harness.server import free_port, host_cpu, start_server  # noqa: E402
 

@@ -64,6 +64,10 @@ class Metrics:
             "vllm_circuit_breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open.",
             multiprocess_mode="max", registry=None,
         )
+        self.introspection_failures = Counter(
+            "vllm_engine_introspection_failures_total",
+            "Reads of vLLM internals that found nothing (after a vLLM upgrade): path.", ["path"], registry=None,
+        )
         self.warm_cache_hits = Counter(
             "vllm_warm_cache_hits_total", "Engine starts that found their compile cache.", registry=None,
         )

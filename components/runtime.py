@@ -9,13 +9,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from components import bundled_model, host
+from components import bundled_model, engine_spec, host
 from components import engine as engine_mod
 from components.admission import Admission, per_key_shares
 from components.auth import KeyStore
 from components.breaker import CircuitBreaker, State
 from components.compile_cache import CompileCache
-from components.engine import EngineSpec
+from components.engine_spec import EngineSpec
 from components.errors import EngineOutOfMemory, ServiceError
 from components.front_door import FrontDoor
 from components.gpu_monitor import GpuMonitor
@@ -104,22 +104,22 @@ class Runtime:
         if not self.keys.enabled:
             logger.warning("API_KEYS is empty: authentication is DISABLED, anyone who reaches the port can use the API")
         gpus = await asyncio.to_thread(host.gpu_count)  # imports torch: seconds
-        spec = engine_mod.resolve_spec(
+        spec = engine_spec.resolve_spec(
             settings.engine, gpus, settings.resilience.graceful_shutdown_timeout, settings.server.otlp_traces_endpoint
         )
         self.spec = spec
         self.compile_cache = CompileCache.prepare(
             settings.engine.cache_dir,
-            engine_mod.compile_key_parts(spec),
+            engine_spec.compile_key_parts(spec),
             enabled="--enforce-eager" not in spec.cli_args,
         )
         if self.compile_cache.was_cached:
             self.metrics.warm_cache_hits.inc()
         logger.info("compile cache %s (%s)", self.compile_cache.path,
                     "found" if self.compile_cache.was_cached else "cold")
-        engine_mod.export_engine_environment(settings.engine, spec.engine_env, str(self.compile_cache.path))
+        engine_spec.export_engine_environment(settings.engine, spec.engine_env, str(self.compile_cache.path))
         self.gpu.start()
-        engine_mod.log_choices(spec, settings.engine)
+        engine_spec.log_choices(spec, settings.engine)
         if not spec.on_gpu and not settings.engine.model_path:
             await asyncio.to_thread(bundled_model.ensure_converted, settings.engine.cache_dir)
 
@@ -132,7 +132,7 @@ class Runtime:
                 self.bridge, aliases, settings.api, self.gate, self.debug_info,
                 stall_timeout_s=settings.resilience.stream_stall_timeout,
             )
-            self.engine_pids = engine_mod.engine_core_pids(self.engine)
+            self.engine_pids = engine_mod.engine_core_pids(self.engine, self._missing)
             if settings.engine.warmup:
                 await engine_mod.warm_up(self.engine)
         except BaseException:
@@ -153,7 +153,8 @@ class Runtime:
             active_requests=len(self.gate.inflight),
             queued_requests=self.gate.admission.waiting,
             total_requests=self.gate.total,
-            engine_unfinished_requests=engine_mod.unfinished_requests(self.engine) if self.engine else None,
+            engine_unfinished_requests=(engine_mod.unfinished_requests(self.engine, self._missing)
+                                        if self.engine else None),
             device=self.gpu.summary(),
             warmup_cache=self.compile_cache.status() if self.compile_cache else None,
         )
@@ -175,10 +176,7 @@ class Runtime:
             "versions": host.runtime_versions(),
             "settings": self.settings.redacted(),
             "engine_args": self.spec.cli_args if self.spec else None,
-            "model": {"path": self.spec.model, "served_name": self.spec.served_name, "reason": self.spec.reason,
-                      "dtype_reason": self.spec.dtype_reason, "threads_reason": self.spec.threads_reason,
-                      "engine_env": self.spec.engine_env}
-            if self.spec else None,
+            "model": self.spec.describe() if self.spec else None,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "engine_pids": self.engine_pids,
             "device": {"gpus": [sample.__dict__ for sample in self.gpu.latest], "nvml": self.gpu.available},
@@ -187,7 +185,10 @@ class Runtime:
         }
 
     def _engine_dead(self) -> bool:
-        return engine_mod.engine_dead(self.engine, self.engine_pids)
+        return engine_mod.engine_dead(self.engine, self.engine_pids, self._missing)
+
+    def _missing(self, path: str) -> None:
+        self.metrics.introspection_failures.labels(path).inc()
 
     def front_door(self, downstream: Any) -> Any:
         """The middleware around BentoML's whole app, in the order `FrontDoor.build` shows."""

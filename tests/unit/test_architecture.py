@@ -15,13 +15,13 @@ CORE = {"settings", "errors", "context", "metrics", "logs", "host"}
 VLLM_MODULES = {"engine", "vllm_bridge"}
 # The edge: what a request meets before any engine work; never the engine side.
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway"}
-ENGINE_SIDE = {"engine", "vllm_bridge", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor"}
+ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 # The README's layers ("How it fits together"): a module imports from its own layer and below.
 LAYERS = [
     CORE | {"responses", "bundled_model", "compile_cache"},
     EDGE | {"gpu_monitor", "bentoml_metrics"},
-    {"admission", "breaker", "lifecycle", "generation", "engine", "vllm_bridge", "openai_app"},
+    {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app"},
     {"runtime", "supervisor"},
 ]
 

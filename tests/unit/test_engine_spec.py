@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from components import bundled_model
-from components.engine import default_tool_parser, resolve_spec
+from components.engine_spec import default_tool_parser, resolve_spec
 from components.openai_app import build_aliases
 from components.settings import DEFAULT_GPU_MODEL, EngineSettings
 
