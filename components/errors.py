@@ -165,16 +165,9 @@ _STATUS_CLASSES: dict[int, type[ServiceError]] = {
     504: GenerationTimeout,
 }
 
-_CONTEXT_MARKERS = ("maximum context length", "context length", "max_model_len", "too long")
-
-
 def from_status(status: int, message: str, param: str | None = None) -> ServiceError:
-    """An error from a status and message produced elsewhere (vLLM, Starlette)."""
-    lowered = message.lower()
-    if status == 400 and any(marker in lowered for marker in _CONTEXT_MARKERS):
-        return ContextLengthExceeded(message, param=param)
-    if status == 404 and "model" in lowered:
-        return ModelNotFound(message, param=param or "model")
+    """An error from a status and message produced elsewhere (vLLM's OpenAI layer, through
+    the bridge, which knows its wording; Starlette)."""
     cls = _STATUS_CLASSES.get(status)
     if cls is not None:
         return cls(message, param=param)

@@ -13,7 +13,16 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from components.errors import EngineDead, EngineOutOfMemory, ServiceError, ServingFailure, from_status, render_sse
+from components.errors import (
+    ContextLengthExceeded,
+    EngineDead,
+    EngineOutOfMemory,
+    ModelNotFound,
+    ServiceError,
+    ServingFailure,
+    from_status,
+    render_sse,
+)
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -68,8 +77,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
+# vLLM 0.32's wording for a prompt (plus max_tokens) beyond the context.
+_CONTEXT_MARKERS = ("maximum context length", "context length", "max_model_len", "too long")
+
+
 def _from_error_info(status: int, message: str, param: str | None) -> ServiceError:
+    """Our error for one of vLLM's: the only place that reads vLLM's error wording."""
     lowered = message.lower()
+    if status == 400 and any(marker in lowered for marker in _CONTEXT_MARKERS):
+        return ContextLengthExceeded(message, param=param)
+    if status == 404 and "model" in lowered:
+        return ModelNotFound(message, param=param or "model")
     if status >= 500 and "out of memory" in lowered:
         logger.error("engine out of memory: %s", message)
         return EngineOutOfMemory("The inference engine ran out of memory; retry later.")

@@ -19,9 +19,16 @@ def test_sse_rendering_ends_the_stream() -> None:
     assert done == "data: [DONE]"
 
 
-def test_from_status_maps_vllm_messages() -> None:
-    assert isinstance(errors.from_status(400, "This model's maximum context length is 4096"), errors.ContextLengthExceeded)
-    assert errors.from_status(404, "The model `x` does not exist.").code == "model_not_found"
+def test_vllms_wording_is_read_by_the_bridge_only() -> None:
+    from components.vllm_bridge import _from_error_info
+
+    context = _from_error_info(400, "This model's maximum context length is 4096", None)
+    assert isinstance(context, errors.ContextLengthExceeded)
+    assert _from_error_info(404, "The model `x` does not exist.", None).code == "model_not_found"
+    assert errors.from_status(400, "This model's maximum context length is 4096").code is None
+
+
+def test_from_status_maps_statuses() -> None:
     assert errors.from_status(422, "bad").status == 422
     assert errors.from_status(400, "bad").type == "invalid_request_error"
     server = errors.from_status(500, "boom")
