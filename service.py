@@ -53,12 +53,11 @@ class LLMService:
 
     async def _start(self) -> None:
         try:
-            await self.runtime.start()
+            app = await self.runtime.start()
         except Exception:
             logger.exception("startup failed; exiting")
             os._exit(1)
-        assert self.runtime.app is not None  # start() built it
-        gateway.install_app(self.runtime.app)
+        gateway.install_app(app)
         logger.info("service ready")
 
     @bentoml.on_shutdown

@@ -67,7 +67,6 @@ class Runtime:
         self.spec: EngineSpec | None = None
         self.engine: Any = None
         self.bridge: OpenAIBridge | None = None
-        self.app: FastAPI | None = None
         self._shut_down = False
         self.ready = False
         self.engine_pids: list[int] = []
@@ -96,7 +95,7 @@ class Runtime:
         if self.bridge is not None:
             await self.bridge.abort(engine_ids)
 
-    async def start(self) -> None:
+    async def start(self) -> FastAPI:
         from components.openai_app import build_aliases, build_openai_app
         from components.vllm_bridge import OpenAIBridge
 
@@ -128,7 +127,7 @@ class Runtime:
         self.engine = await engine_mod.start_engine(args)
         try:
             self.bridge = await OpenAIBridge.create(self.engine, args)
-            self.app = build_openai_app(
+            app = build_openai_app(
                 self.bridge, aliases, settings.api, self.gate, self.debug_info,
                 stall_timeout_s=settings.resilience.stream_stall_timeout,
             )
@@ -140,6 +139,7 @@ class Runtime:
             raise
         self.supervisor.start()
         self.ready = True
+        return app
 
     def snapshot(self) -> Snapshot:
         return Snapshot(

@@ -13,7 +13,7 @@ RUFF = str(Path(sys.executable).with_name("ruff"))
 
 def test_ruff_security_rules_are_clean() -> None:
     result = subprocess.run(
-        [RUFF, "check", "--select", "S,BLE", "--no-cache", "service.py", "components", "benchmarks"],
+        [RUFF, "check", "--select", "S,BLE", "--no-cache", "service.py", "components", "benchmarks", "harness"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
