@@ -31,12 +31,9 @@ from harness.server import Server, host_cpu, running_server
 
 HOSTILE, POLITE = "sk-soak-hostile-5a1e", "sk-soak-polite-c07b"
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
-# The settings this soak recommends (docs/operations.md, "Hostile-tenant soak"): one key may
-# hold a quarter of the engine's sequences, so a hostile key slows the others by a bounded
-# amount; and one core stays with the HTTP side (the default on hosts over 2 cores), so the
-# other keys' requests are not queued behind the engine's compute threads for CPU.
+# The settings this soak recommends (README, "Fair sharing"): one key may hold a quarter of
+# the engine's sequences, so a hostile key slows the others by a bounded amount.
 SETTINGS = {
-    "CPU_RESERVED_CORES": "1",
     "MAX_NUM_SEQS": "8",
     "MAX_QUEUE_SIZE": "16",
     "MAX_INFLIGHT_PER_KEY": "2",
