@@ -198,15 +198,3 @@ def log_choices(spec: EngineSpec, settings: EngineSettings) -> None:
         logger.warning("SWAP_SPACE is ignored: vLLM 0.32's engine has no CPU swap space")
     if spec.tool_call_parser is None:
         logger.info("no tool-call parser for this model: tool_choice='auto' requests get a 400")
-
-
-def export_engine_environment(
-    engine: EngineSettings, engine_env: dict[str, str], vllm_cache_root: str | None = None
-) -> None:
-    """vLLM and Hugging Face read these from the process environment, not from arguments."""
-    os.environ["VLLM_CACHE_ROOT"] = vllm_cache_root or engine.cache_dir
-    if engine.hf_home:
-        os.environ["HF_HOME"] = engine.hf_home
-    os.environ.update(engine_env)
-    # vLLM 0.32 reads VLLM_ATTENTION_BACKEND no more; we pass it as an engine argument.
-    os.environ.pop("VLLM_ATTENTION_BACKEND", None)

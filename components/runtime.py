@@ -23,7 +23,7 @@ from components.health import Snapshot, health_document, now_iso, readiness
 from components.lifecycle import Gate
 from components.metrics import Metrics
 from components.ratelimit import RateLimiter
-from components.settings import Settings
+from components.settings import Settings, export_engine_environment
 from components.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class Runtime:
             self.metrics.warm_cache_hits.inc()
         logger.info("compile cache %s (%s)", self.compile_cache.path,
                     "found" if self.compile_cache.was_cached else "cold")
-        engine_spec.export_engine_environment(settings.engine, spec.engine_env, str(self.compile_cache.path))
+        export_engine_environment(settings.engine, spec.engine_env, str(self.compile_cache.path))
         self.gpu.start()
         engine_spec.log_choices(spec, settings.engine)
         if not spec.on_gpu and not settings.engine.model_path:

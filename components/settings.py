@@ -289,3 +289,12 @@ def validate_settings() -> None:
         load_settings()
     except SettingsError:
         raise SystemExit(2) from None
+
+
+def export_engine_environment(engine: EngineSettings, engine_env: dict[str, str], cache_root: str | None) -> None:
+    """vLLM and Hugging Face read these from the process environment, not from arguments."""
+    os.environ["VLLM_CACHE_ROOT"] = cache_root or engine.cache_dir
+    if engine.hf_home:
+        os.environ["HF_HOME"] = engine.hf_home
+    os.environ.update(engine_env)
+    os.environ.pop("VLLM_ATTENTION_BACKEND", None)  # vLLM 0.32 no longer reads it: we pass an engine argument

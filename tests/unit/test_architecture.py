@@ -93,3 +93,9 @@ def test_no_module_is_long() -> None:
     lengths = {path.stem: len(path.read_text().splitlines()) for path in COMPONENTS.glob("*.py")}
     assert lengths["runtime"] <= 220
     assert {name: n for name, n in lengths.items() if n > 300} == {}
+
+
+def test_the_environment_is_touched_only_by_the_settings_module() -> None:
+    users = {path.stem for path in COMPONENTS.glob("*.py")
+             if "os.environ" in path.read_text() or "getenv(" in path.read_text()}
+    assert users == {"settings"}
