@@ -34,6 +34,15 @@ def test_memory_moving_window_admits_exactly_the_limit() -> None:
     asyncio.run(scenario())
 
 
+def test_memory_storage_calls_are_never_cut_short_by_the_storage_time_limit() -> None:
+    """Seen under load: memory-storage calls ran under the storage time limit, a lagging
+    event loop (the storage waits on a lock its housekeeping holds across a thread hop)
+    made them time out, and the limiter failed open: 21 of 20 requests admitted."""
+    rl = limiter(DEFAULT_RATE_LIMIT="5", RATE_LIMIT_STORAGE_TIMEOUT="0.001")
+    slow_call = asyncio.sleep(0.05, result=True)  # a call delayed by the loop, as under load
+    assert asyncio.run(rl._guard(slow_call)) is True
+
+
 def test_per_key_limits_are_held_by_key_id_only() -> None:
     rl = limiter(API_KEY_LIMITS="sk-big:500")
     assert all("sk-big" not in kid for kid in rl.key_limits)
