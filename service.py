@@ -10,6 +10,7 @@ import bentoml
 
 from components import bentoml_metrics
 from components.gateway import Gateway, GatewayMiddleware
+from components.keys_file import check_keys_file
 from components.settings import validate_settings
 
 logger = logging.getLogger("service")
@@ -19,7 +20,7 @@ gateway = Gateway()
 
 # The one import-time check: a bad setting must stop `bentoml serve` itself with one line,
 # not a worker that BentoML's process manager would restart again and again.
-validate_settings()
+check_keys_file(validate_settings().auth.keys_file)
 # Before BentoML builds its middleware: its request metrics get bounded path labels.
 bentoml_metrics.install()
 

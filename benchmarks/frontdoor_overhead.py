@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.admission import Admission  # noqa: E402
-from components.auth import KeyStore  # noqa: E402
 from components.front_door import FrontDoor  # noqa: E402
+from components.keys import Policy  # noqa: E402
+from components.keys_file import PolicySource  # noqa: E402
 from components.ratelimit import RateLimiter  # noqa: E402
 from components.settings import LimitSettings  # noqa: E402
 
@@ -79,7 +80,7 @@ async def main(requests: int, storage: str) -> dict[str, object]:
                            RATE_LIMIT_STORAGE_URI=storage)
     bare = make_downstream(None)
     full = FrontDoor(
-        keys=KeyStore.from_keys((KEY, "sk-other-1", "sk-other-2")),
+        keys=PolicySource(Policy.from_env((KEY, "sk-other-1", "sk-other-2"))),
         limiter=RateLimiter(limits),
         cors_origins=("*",),
         max_request_bytes=1 << 20,

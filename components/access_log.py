@@ -73,6 +73,11 @@ class AccessLogMiddleware:
     def _observe(metrics: Metrics, path: str, status: int, duration: float, ctx: RequestContext) -> None:
         endpoint = endpoint_label(path)
         metrics.requests.labels(str(status), endpoint, ctx.model or "none").inc()
+        metrics.key_requests.labels(ctx.tenant, f"{status // 100}xx").inc()
+        for kind in ("prompt", "completion"):
+            tokens = (ctx.usage or {}).get(f"{kind}_tokens")
+            if tokens:
+                metrics.key_tokens.labels(ctx.tenant, kind).inc(tokens)
         metrics.duration.labels(endpoint).observe(duration)
         if endpoint not in GENERATION_ENDPOINTS or status != 200:
             return

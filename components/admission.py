@@ -27,6 +27,7 @@ from components.errors import InvalidRequest, Overloaded, RateLimited, Unavailab
 class _Waiter:
     key: str
     cost: int
+    share: int
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -93,17 +94,19 @@ class Admission:
     def _dequeued(self, waiter: _Waiter) -> None:
         _decrement(self._queued_by_key, waiter.key, 1)
 
-    async def acquire(self, key: str, cost: int = 1) -> Slot:
+    async def acquire(self, key: str, cost: int = 1, share: int | None = None) -> Slot:
+        """`share`: this key's own cap on running sequences (at most the service's)."""
         if self._closed is not None:
             raise self._closed
-        if cost > self.running_per_key:
+        share = min(share or self.running_per_key, self.running_per_key)
+        if cost > share:
             raise InvalidRequest(
-                f"The request asks for {cost} sequences (n x prompts); at most {self.running_per_key} run at once "
+                f"The request asks for {cost} sequences (n x prompts); at most {share} run at once "
                 "for one key.", param="n", code="too_many_sequences",
             )
         # After every change _dispatch() has started whatever fits, so a request that fits
         # now starts now; one that does not must find a place in the queue.
-        if not self._fits_now(key, cost):
+        if not self._fits_now(key, cost, share):
             if len(self._queue) >= self.max_waiting:
                 raise Overloaded(
                     f"The server is at capacity ({self.capacity} sequences running, {self.max_waiting} queued); "
@@ -114,7 +117,7 @@ class Admission:
                     f"Too many queued requests for this key (at most {self.queued_per_key}); retry shortly.",
                     code="concurrency_limit_exceeded", headers={"retry-after": "1", "retry-after-ms": "1000"},
                 )
-        waiter = _Waiter(key, cost)
+        waiter = _Waiter(key, cost, share)
         self._queue.append(waiter)
         self._queued_by_key[key] += 1
         self._dispatch()
@@ -141,8 +144,8 @@ class Admission:
             raise
         return Slot(self, key, cost)
 
-    def _fits_now(self, key: str, cost: int) -> bool:
-        return self.running + cost <= self.capacity and self.running_for(key) + cost <= self.running_per_key
+    def _fits_now(self, key: str, cost: int, share: int) -> bool:
+        return self.running + cost <= self.capacity and self.running_for(key) + cost <= share
 
     def _release(self, key: str, cost: int) -> None:
         self.running -= cost
@@ -157,7 +160,7 @@ class Admission:
             heads: dict[str, _Waiter] = {}
             for waiter in self._queue:
                 heads.setdefault(waiter.key, waiter)
-            ready = [w for w in heads.values() if self._fits_now(w.key, w.cost)]
+            ready = [w for w in heads.values() if self._fits_now(w.key, w.cost, w.share)]
             if not ready:
                 return
             chosen = min(ready, key=lambda w: self.running_for(w.key))

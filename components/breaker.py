@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 
 from components.errors import Unavailable
+from components.settings import ResilienceSettings
 
 
 class State(enum.IntEnum):
@@ -50,6 +51,12 @@ class CircuitBreaker:
         self._trials_started = 0
         self._trial_successes = 0
         self._forced_reason: str | None = None
+
+    @classmethod
+    def from_settings(cls, res: ResilienceSettings, on_change: Callable[[State], None]) -> CircuitBreaker:
+        return cls(failure_rate=res.breaker_failure_rate / 100, window=res.breaker_window,
+                   min_calls=res.breaker_min_calls, open_seconds=res.breaker_open_seconds,
+                   half_open_calls=res.breaker_half_open_calls, on_change=on_change)
 
     @property
     def state(self) -> State:

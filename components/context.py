@@ -16,6 +16,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)  # when the front door saw it
     request_id: str | None = None
     key_id: str | None = None  # the API key's id (never the key), once authenticated
+    policy: Any = None  # the key's KeyPolicy (components/keys.py), once authenticated
     model: str | None = None  # as requested
     stream: bool | None = None
     usage: dict[str, Any] | None = None

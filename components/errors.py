@@ -106,6 +106,18 @@ class RateLimited(ServiceError):
     status, type, code = 429, "requests", "rate_limit_exceeded"
 
 
+class TokensLimited(RateLimited):
+    """The key's tokens-per-minute window cannot hold this request (OpenAI's `tokens` 429)."""
+
+    type = "tokens"
+
+
+class QuotaExceeded(RateLimited):
+    """The key's token budget for the period is spent (OpenAI's answer for a spent quota)."""
+
+    type, code = "insufficient_quota", "insufficient_quota"
+
+
 class NotImplementedFeature(ServiceError):
     status, type, code = 501, INVALID, "not_implemented"
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp
 
 from components.access_log import AccessLogMiddleware
-from components.auth import AuthMiddleware, KeyStore, public_paths
+from components.auth import AuthMiddleware, public_paths
 from components.health import HealthMiddleware, StatusSource
+from components.keys_file import PolicySource
 from components.metrics import Metrics
 from components.middleware import (
     BodyLimitMiddleware,
@@ -24,7 +25,7 @@ from components.ratelimit import RateLimiter, RateLimitMiddleware
 
 @dataclass(frozen=True)
 class FrontDoor:
-    keys: KeyStore
+    keys: PolicySource
     limiter: RateLimiter
     cors_origins: tuple[str, ...]
     max_request_bytes: int

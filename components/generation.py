@@ -1,11 +1,12 @@
 """A generation request from validation to its last byte.
 
-The route validates the request into a frozen `Generation` (model resolved, limits checked,
-engine ids and sequence count known); only that type reaches admission. `GenerationResponse`
-then admits it, runs it in the engine and writes it out, under one `Pass` (see lifecycle)
-that owns the slot until the engine request ends. A client that disconnects is recorded as
-499; one that stops reading for STREAM_STALL_TIMEOUT_SECONDS loses its connection and its
-engine request. Every path ends the ASGI call promptly with a response or a closed socket.
+The route validates the request into a frozen `Generation` (components/validation.py);
+only that type reaches admission. `GenerationResponse` then admits it, reserves its tokens
+once vLLM has counted the prompt, runs it in the engine and writes it out, under one `Pass`
+(see lifecycle) that owns the slot until the engine request ends, and settles the tokens
+once, however it ends. A client that disconnects is recorded as 499; one that stops
+reading for STREAM_STALL_TIMEOUT_SECONDS loses its connection and its engine request.
+Every path ends the ASGI call promptly with a response or a closed socket.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -24,74 +23,21 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from components.context import RequestContext, request_context
-from components.errors import ClientClosed, InvalidRequest, ServiceError, StreamStalled, render_sse
+from components.errors import (
+    ClientClosed,
+    GenerationTimeout,
+    ServiceError,
+    StreamStalled,
+    render_sse,
+)
+from components.ledger import Hold, Ledger, settle_quietly
 from components.lifecycle import Gate, Pass
 from components.responses import send_error
-from components.settings import ApiSettings
-from components.vllm_bridge import OpenAIBridge, Stream, client_chose_max_tokens, prompt_count, request_models
+from components.validation import Generation, reservation
+from components.vllm_bridge import Stream
+from components.vllm_hooks import client_chose_max_tokens, on_rendered
 
-_, _, StreamOptions = request_models()
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 Call = Callable[[Any, Request], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Generation:
-    body: Any  # vLLM's request model, model resolved and request_id set
-    key: str  # the tenant that admission counts it against
-    sequences: int  # engine sequences: n x prompts
-    engine_ids: tuple[str, ...]
-    stream: bool
-    forward_usage: bool  # the client asked for the usage chunk
-    client_chose_max_tokens: bool
-
-
-def validate(body: Any, limits: ApiSettings, key: str) -> Generation:
-    """Check what the engine would accept too late or not at all; raise InvalidRequest."""
-    n = getattr(body, "n", None) or 1
-    if n > limits.max_n:
-        raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
-    if getattr(body, "use_beam_search", False):
-        # vLLM runs beam search as engine requests of other names, out of reach of our
-        # time limit, drain and abort: refused rather than left unbounded.
-        raise InvalidRequest("Beam search is not supported by this service.", param="use_beam_search",
-                             code="unsupported_parameter")
-    messages = getattr(body, "messages", None)
-    if messages is not None and len(messages) > limits.max_messages:
-        raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
-    for index, message in enumerate(messages or ()):
-        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-        if role not in _ROLES:
-            raise InvalidRequest(
-                f"messages[{index}].role must be one of {sorted(_ROLES)}.", param=f"messages.{index}.role"
-            )
-    prompts = prompt_count(body)
-    if prompts > limits.max_prompts:
-        raise InvalidRequest(f"At most {limits.max_prompts} prompts are allowed in one request.", param="prompt")
-    sequences = n * prompts  # admission refuses more than one key may run at once
-    requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
-    chose = requested is not None
-    if limits.max_tokens_limit:
-        if requested is not None and requested > limits.max_tokens_limit:
-            raise InvalidRequest(f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens")
-        if requested is None:
-            body.max_tokens = limits.max_tokens_limit
-    stop = getattr(body, "stop", None)
-    if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
-        raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
-    # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
-    body.request_id = uuid.uuid4().hex
-    stream = bool(getattr(body, "stream", False))
-    forward_usage = True
-    if stream:
-        # Always ask vLLM for the usage chunk (exact token accounting); pass it on only if
-        # the client asked for it.
-        forward_usage = bool(body.stream_options and body.stream_options.include_usage)
-        body.stream_options = StreamOptions(
-            include_usage=True,
-            continuous_usage_stats=bool(body.stream_options and body.stream_options.continuous_usage_stats),
-        )
-    return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, forward_usage, chose)
 
 
 class _Interrupts:
@@ -170,22 +116,58 @@ class _Writer:
 
 class GenerationResponse(Response):
     def __init__(
-        self, generation: Generation, request: Request, call: Call, gate: Gate, stall_timeout_s: float
+        self, generation: Generation, request: Request, call: Call, gate: Gate, stall_timeout_s: float,
+        ledger: Ledger | None = None,
     ) -> None:
         self.generation = generation
         self.request = request
         self.call = call
         self.gate = gate
         self.stall_timeout_s = stall_timeout_s
+        self.ledger = ledger
         self.background = None
+        self._hold: Hold | None = None
+        self._error: ServiceError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The token reservation, if any, is made once vLLM has counted the prompts and is
+        settled here, once, however the request ends."""
         ctx = request_context(scope)
+        reserving = on_rendered.set(self._reserve) if self.generation.token_limits and self.ledger else None
+        try:
+            await self._run(ctx, receive, send)
+        finally:
+            if reserving is not None:
+                on_rendered.reset(reserving)
+            if self._hold is not None:
+                await settle_quietly(self._hold, self._used(self._hold, ctx))
+
+    async def _reserve(self, prompt_lengths: list[int], max_model_len: int) -> None:
+        gen, body = self.generation, self.generation.body
+        n = getattr(body, "n", None) or 1
+        amount = reservation(prompt_lengths, max_model_len, n, getattr(body, "max_completion_tokens", None)
+                             or body.max_tokens)
+        if self.ledger is not None and gen.token_limits is not None:
+            self._hold = await self.ledger.reserve(gen.key, amount, gen.token_limits)
+
+    def _used(self, hold: Hold, ctx: RequestContext) -> int:
+        """What to charge: the engine's count when it gave one (a stream's last chunk counts
+        too). Without one: a refusal (4xx) or our own fault (5xx) costs nothing; a request
+        the client or its cost cut off (disconnect, time limit, cancelled from outside) is
+        charged its whole reservation, since how much the engine did is not known."""
+        if ctx.usage and ctx.usage.get("total_tokens") is not None:
+            return int(ctx.usage["total_tokens"])
+        error = self._error
+        if error is None or isinstance(error, ClientClosed | GenerationTimeout):
+            return hold.amount
+        return 0
+
+    async def _run(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
         write = _Writer(send, self.stall_timeout_s)
         gen = self.generation
         try:
             async with _Interrupts(receive, write) as interrupts:
-                ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids)
+                ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight)
                 ticket.interrupt = interrupts.interrupt
                 async with ticket:
                     chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
@@ -198,6 +180,7 @@ class GenerationResponse(Response):
                     else:
                         await self._respond(result, ticket, write, ctx)
         except ServiceError as error:
+            self._error = error
             await self._fail(error, write, ctx)
 
     async def _respond(self, result: Any, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
@@ -211,6 +194,8 @@ class GenerationResponse(Response):
 
     async def _stream(self, stream: Stream, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
         stream.forward_usage = self.generation.forward_usage
+        gen = self.generation
+        stream.strip_continuous_usage = gen.token_limits is not None and not gen.client_continuous_usage
         stream.on_finished = ticket.engine_finished
         try:
             await write({

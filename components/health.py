@@ -35,6 +35,7 @@ class Snapshot:
     engine_unfinished_requests: int | None = None
     device: dict[str, Any] = field(default_factory=dict)
     warmup_cache: dict[str, Any] | None = None
+    keys_policy: dict[str, Any] | None = None  # version, load time, source, last reload error
 
 
 def readiness(s: Snapshot) -> tuple[bool, str]:
@@ -74,6 +75,7 @@ def health_document(s: Snapshot, timestamp: str) -> dict[str, Any]:
         "circuit_breaker_state": s.breaker,
         **s.device,
         "warmup_cache": s.warmup_cache,
+        "keys_policy": s.keys_policy,
     }
 
 

@@ -118,11 +118,12 @@ class Gate:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def admit(self, key: str, sequences: int, engine_ids: Sequence[str]) -> Pass:
-        """Breaker first (an open one refuses without queueing), then a slot."""
+    async def admit(self, key: str, sequences: int, engine_ids: Sequence[str], share: int | None = None) -> Pass:
+        """Breaker first (an open one refuses without queueing), then a slot. `share`: the
+        key's own cap on sequences running (keys file max_inflight)."""
         trial = self.breaker.before_call()
         try:
-            slot = await self.admission.acquire(key, sequences)
+            slot = await self.admission.acquire(key, sequences, share)
         except BaseException:
             self.breaker.release_trial(trial)
             raise

@@ -80,6 +80,20 @@ class Metrics:
         self.limiter_errors = Counter(
             "vllm_rate_limit_storage_errors_total", "Failed calls to the rate-limit storage.", registry=None,
         )
+        # Per key: label values are the keys' ids (bounded by the keys configured) or
+        # "anonymous" (no key, or keys off).
+        self.key_requests = Counter(
+            "vllm_key_requests_total", "Requests by API key id and status class (2xx, 4xx, 5xx).",
+            ["key_id", "status_class"], registry=None,
+        )
+        self.key_tokens = Counter(
+            "vllm_key_tokens_total", "Tokens the engine reported, by API key id and kind (prompt, completion).",
+            ["key_id", "kind"], registry=None,
+        )
+        self.keys_reload_errors = Counter(
+            "vllm_keys_reload_errors_total", "Keys file reloads that failed (the last good policy stayed).",
+            registry=None,
+        )
         labels = ["gpu", "uuid"]
         self.gpu_memory = Gauge(
             "vllm_gpu_memory_usage_gb", "GPU memory used, GiB (2^30 bytes).", labels, multiprocess_mode="mostrecent",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,9 +21,11 @@ from components.errors import (
     from_status,
     render_json,
 )
-from components.generation import Call, GenerationResponse, validate
+from components.generation import Call, GenerationResponse
+from components.ledger import Ledger, token_limits
 from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
+from components.validation import validate
 from components.vllm_bridge import OpenAIBridge, request_models, to_service_error, vllm_error_types
 
 logger = logging.getLogger(__name__)
@@ -68,28 +71,35 @@ def build_openai_app(
     debug_info: Callable[[], dict[str, Any]] | None = None,
     *,
     stall_timeout_s: float,
+    ledger: Ledger | None = None,
+    tokens_per_minute: int = 0,
+    usage_report: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     # No 307 to the slashed or unslashed route: its Location would echo the Host header.
     app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None, redirect_slashes=False)
     served = bridge.served_name
     created = int(time.time())
 
-    def resolve_model(body: Any) -> None:
+    def visible(policy: Any, name: str) -> bool:
+        """A key with a model allowlist sees the models it names (served name or alias)."""
+        return policy is None or policy.may_use(name)
+
+    def resolve_model(body: Any, policy: Any) -> None:
         name = body.model
-        if name is None or name == served:
-            body.model = served
-        elif name in aliases:
-            body.model = aliases[name]
-        else:
-            raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
+        if name is not None and name != served and name not in aliases or not visible(policy, name or served):
+            # OpenAI's answer for a model the key cannot see: it does not exist for it.
+            raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
+        body.model = served if name is None or name == served else aliases[name]
 
     async def generate(body: Any, request: Request, call: Call) -> Response:
-        resolve_model(body)
         ctx = request_context(request.scope)
-        generation = validate(body, limits, key=ctx.tenant)
+        resolve_model(body, ctx.policy)
+        generation = validate(body, limits, key=ctx.tenant, token_limits=token_limits(ctx.policy, tokens_per_minute))
+        if ctx.policy is not None and ctx.policy.max_inflight:
+            generation = dataclasses.replace(generation, max_inflight=ctx.policy.max_inflight)
         ctx.model = body.model
         ctx.stream = generation.stream
-        return GenerationResponse(generation, request, call, gate, stall_timeout_s)
+        return GenerationResponse(generation, request, call, gate, stall_timeout_s, ledger)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
@@ -103,14 +113,24 @@ def build_openai_app(
         return {"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": served}
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(served)] + [model_card(a) for a in sorted(aliases)]}
+    async def list_models(request: Request) -> dict[str, Any]:
+        policy = request_context(request.scope).policy
+        names = [name for name in [served, *sorted(aliases)] if visible(policy, name)]
+        return {"object": "list", "data": [model_card(name) for name in names]}
 
     @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> dict[str, Any]:
-        if model_id != served and model_id not in aliases:
-            raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        if model_id != served and model_id not in aliases or not visible(request_context(request.scope).policy,
+                                                                          model_id):
+            raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
+                                param="model")
         return model_card(model_id)
+
+    if usage_report is not None:
+
+        @app.get("/admin/usage")
+        async def admin_usage() -> dict[str, Any]:
+            return await usage_report()
 
     if debug_info is not None:
 

@@ -2,8 +2,8 @@
 
 Requests use the moving-window strategy: it keeps each hit's timestamp, so no window edge
 lets a double burst through and the count is exact across replicas sharing one Redis.
-Tokens use the sliding-window counter: a moving window stores one entry per unit of cost,
-far too many for token counts; the counter's weighted estimate is close enough for TPM.
+Tokens are reserved and settled by the generation path (components/ledger.py); here they
+only give the x-ratelimit-*-tokens headers and refuse a key whose window is already full.
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from components.auth import key_id, public_paths
+from components.auth import public_paths
 from components.context import request_context
-from components.errors import RateLimited, ServiceError, Unavailable
+from components.errors import RateLimited, ServiceError, TokensLimited, Unavailable
+from components.ledger import Ledger, ledger_for, token_limits
 from components.responses import send_error
 from components.settings import LimitSettings
 
@@ -75,6 +77,7 @@ class RateLimiter:
         settings: LimitSettings,
         on_storage_error: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        ledger: Ledger | None = None,
     ) -> None:
         uri = "async+" + settings.storage_uri
         options: dict[str, float | str | bool] = {"wrap_exceptions": True}
@@ -86,11 +89,8 @@ class RateLimiter:
             )
         self.storage = storage_from_string(uri, **options)
         self._requests = MovingWindowRateLimiter(self.storage)
-        self._tokens = SlidingWindowCounterRateLimiter(self.storage)
         self.window_s = max(1, round(settings.window_minutes * 60))
         self.default_limit = settings.default_rate_limit
-        # Keys are only held as ids: API_KEY_LIMITS names raw keys, we keep their digests.
-        self.key_limits = {key_id(key): limit for key, limit in settings.api_key_limits.items()}
         self.global_limit = settings.global_rate_limit
         self.tokens_per_minute = settings.tokens_per_minute
         self.fail_open = settings.fail_open
@@ -98,9 +98,12 @@ class RateLimiter:
         self.backend = settings.storage_uri.split("://", 1)[0]
         self._on_storage_error = on_storage_error or (lambda: None)
         self._clock = clock
+        self.ledger = ledger or ledger_for(settings, self._on_storage_error)
 
-    def limit_for(self, identity: str) -> int:
-        return self.key_limits.get(identity, self.default_limit)
+    def limit_for(self, policy: Any) -> int:
+        """The key's own requests per window (API_KEY_LIMITS or the keys file), else the default."""
+        own = getattr(policy, "requests_per_minute", None)
+        return own if own else self.default_limit
 
     def _item(self, limit: int, seconds: int) -> RateLimitItem:
         return RateLimitItemPerSecond(limit, seconds)
@@ -132,10 +135,11 @@ class RateLimiter:
         reset = max(0.0, stats.reset_time - self._clock()) if stats else float(self.window_s)
         return bool(allowed), Window("requests", limit, stats.remaining if stats else 0, reset)
 
-    async def admit(self, identity: str) -> list[Window]:
-        """Count one request; raise RateLimited (with headers) when over a limit."""
+    async def admit(self, identity: str, policy: Any = None, tenant: str | None = None) -> list[Window]:
+        """Count one request; raise RateLimited (with headers) when over a limit. Tokens are
+        counted per `tenant` (the key's id; "anonymous" without keys), as the ledger charges."""
         windows: list[Window] = []
-        limit = self.limit_for(identity)
+        limit = self.limit_for(policy)
         if limit > 0:
             hit = await self._hit("req", limit, identity)
             if hit:
@@ -149,28 +153,16 @@ class RateLimiter:
             # The global window is not the caller's own: it sets retry-after only.
             if hit and not hit[0]:
                 raise rejection(hit[1], "The service's global rate limit is reached.", windows)
-        if self.tokens_per_minute > 0:
-            item = self._item(self.tokens_per_minute, 60)
-            stats = await self._guard(self._tokens.get_window_stats(item, "tok", identity))
-            if stats is not None:
-                window = Window("tokens", self.tokens_per_minute, stats.remaining,
-                                max(0.0, stats.reset_time - self._clock()))
-                windows.append(window)
-                if stats.remaining <= 0:
-                    raise rejection(window, f"Token rate limit reached: {self.tokens_per_minute} tokens per minute.",
-                                    windows)
+        limits = token_limits(policy, self.tokens_per_minute)
+        if limits.per_minute > 0:
+            used, bucket = (await self.ledger.used(tenant or identity, limits))["minute"]
+            window = Window("tokens", limits.per_minute, limits.per_minute - used, bucket.reset_s)
+            windows.append(window)
+            if used >= limits.per_minute:
+                error = rejection(window, f"Token rate limit reached: {limits.per_minute} tokens per minute.",
+                                  windows)
+                raise TokensLimited(error.message, headers=error.headers)
         return windows
-
-    async def charge_tokens(self, identity: str, tokens: int) -> None:
-        if self.tokens_per_minute <= 0 or tokens <= 0:
-            return
-        item = self._item(self.tokens_per_minute, 60)
-        # Charged after the fact with the exact usage. `limits` refuses a hit that would
-        # overshoot (and then counts nothing), so an overshoot just fills the window.
-        if await self._guard(self._tokens.hit(item, "tok", identity, cost=tokens)) is False:
-            stats = await self._guard(self._tokens.get_window_stats(item, "tok", identity))
-            if stats is not None and stats.remaining > 0:
-                await self._guard(self._tokens.hit(item, "tok", identity, cost=stats.remaining))
 
     async def close(self) -> None:
         # Only the redis-py storage holds a connection pool worth closing.
@@ -210,7 +202,7 @@ class RateLimitMiddleware:
             client = scope.get("client")
             identity = f"ip:{client[0] if client else 'unknown'}"
         try:
-            windows = await self.limiter.admit(identity)
+            windows = await self.limiter.admit(identity, ctx.policy, ctx.tenant)
         except ServiceError as error:
             ctx.error_type = error.code
             self.on_rejected(error.code or "unknown")
@@ -223,10 +215,4 @@ class RateLimitMiddleware:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            usage = ctx.usage or {}
-            tokens = int(usage.get("total_tokens") or 0)
-            if tokens:
-                await self.limiter.charge_tokens(identity, tokens)
+        await self.app(scope, receive, send_with_headers)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from components import bundled_model, engine_spec, host
 from components import engine as engine_mod
 from components.admission import Admission, per_key_shares
-from components.auth import KeyStore
 from components.breaker import CircuitBreaker, State
 from components.compile_cache import CompileCache
 from components.engine_spec import EngineSpec
@@ -20,9 +19,12 @@ from components.errors import EngineOutOfMemory, ServiceError
 from components.front_door import FrontDoor
 from components.gpu_monitor import GpuMonitor
 from components.health import Snapshot, health_document, now_iso, readiness
+from components.keys_file import policy_source
+from components.ledger import ledger_for, usage_report
 from components.lifecycle import Gate
 from components.metrics import Metrics
 from components.ratelimit import RateLimiter
+from components.redact import redacted
 from components.settings import Settings, export_engine_environment
 from components.supervisor import Supervisor
 
@@ -41,22 +43,16 @@ class Runtime:
         self.settings = settings
         res = settings.resilience
         self.metrics = Metrics()
-        self.keys = KeyStore.from_keys(settings.auth.api_keys, settings.auth.admin_api_keys)
-        self.limiter = RateLimiter(settings.limits, on_storage_error=self.metrics.limiter_errors.inc)
-        self.breaker = CircuitBreaker(
-            failure_rate=res.breaker_failure_rate / 100,
-            window=res.breaker_window,
-            min_calls=res.breaker_min_calls,
-            open_seconds=res.breaker_open_seconds,
-            half_open_calls=res.breaker_half_open_calls,
-            on_change=self._breaker_changed,
-        )
+        self.keys = policy_source(settings, self.metrics.keys_reload_errors.inc)
+        self.ledger = ledger_for(settings.limits, self.metrics.limiter_errors.inc)
+        self.limiter = RateLimiter(settings.limits, self.metrics.limiter_errors.inc, ledger=self.ledger)
+        self.breaker = CircuitBreaker.from_settings(res, self._breaker_changed)
         self.metrics.breaker_state.set(State.CLOSED)
         # Without keys every caller is one tenant: no per-key shares.
         limits = settings.limits
         running_share, queued_share = per_key_shares(
             settings.engine.max_num_seqs, limits.max_queue_size, limits.max_inflight_per_key, limits.max_queued_per_key
-        ) if self.keys.enabled else (0, 0)
+        ) if self.keys.current.enabled else (0, 0)
         admission = Admission(settings.engine.max_num_seqs, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
                               running_per_key=running_share, queued_per_key=queued_share,
                               on_change=self._queue_changed)
@@ -100,8 +96,9 @@ class Runtime:
         from components.vllm_bridge import OpenAIBridge
 
         settings = self.settings
-        if not self.keys.enabled:
+        if not self.keys.current.enabled:
             logger.warning("API_KEYS is empty: authentication is DISABLED, anyone who reaches the port can use the API")
+        self.keys.start()
         gpus = await asyncio.to_thread(host.gpu_count)  # imports torch: seconds
         spec = engine_spec.resolve_spec(
             settings.engine, gpus, settings.resilience.graceful_shutdown_timeout, settings.server.otlp_traces_endpoint
@@ -130,6 +127,8 @@ class Runtime:
             app = build_openai_app(
                 self.bridge, aliases, settings.api, self.gate, self.debug_info,
                 stall_timeout_s=settings.resilience.stream_stall_timeout,
+                ledger=self.ledger, tokens_per_minute=settings.limits.tokens_per_minute,
+                usage_report=lambda: usage_report(self.ledger, self.keys.current, settings.limits.tokens_per_minute),
             )
             self.engine_pids = engine_mod.engine_core_pids(self.engine, self._missing)
             if settings.engine.warmup:
@@ -153,10 +152,10 @@ class Runtime:
             active_requests=len(self.gate.inflight),
             queued_requests=self.gate.admission.waiting,
             total_requests=self.gate.total,
-            engine_unfinished_requests=(engine_mod.unfinished_requests(self.engine, self._missing)
-                                        if self.engine else None),
+            engine_unfinished_requests=self.engine and engine_mod.unfinished_requests(self.engine, self._missing),
             device=self.gpu.summary(),
             warmup_cache=self.compile_cache.status() if self.compile_cache else None,
+            keys_policy=self.keys.describe(),
         )
 
     def healthz(self) -> dict[str, Any]:
@@ -174,7 +173,7 @@ class Runtime:
     def debug_info(self) -> dict[str, Any]:
         return {
             "versions": host.runtime_versions(),
-            "settings": self.settings.redacted(),
+            "settings": redacted(self.settings),
             "engine_args": self.spec.cli_args if self.spec else None,
             "model": self.spec.describe() if self.spec else None,
             "uptime_seconds": round(time.time() - self.started_at, 1),
@@ -217,4 +216,5 @@ class Runtime:
         if self.engine is not None:
             engine_mod.shutdown_engine(self.engine)
         self.gpu.stop()
-        await self.limiter.close()
+        self.keys.stop()
+        await asyncio.gather(self.limiter.close(), self.ledger.close())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_GPU_MODEL = "TheBloke/Mistral-7B-Instruct-v0.2-AWQ"
@@ -99,11 +98,25 @@ class AuthSettings(_Group):
     # Admin keys are API keys too; only they may read /debug/runtime while keys are on.
     admin_api_keys: Annotated[tuple[str, ...], NoDecode] = Field((), alias="ADMIN_API_KEYS", repr=False)
     protect_metrics: bool = Field(False, alias="PROTECT_METRICS")
+    # The keys file (components/keys.py): per-key policy, reloaded without a restart.
+    keys_file: str | None = Field(None, alias="KEYS_FILE")
+    keys_reload_s: float = Field(0.5, alias="KEYS_RELOAD_SECONDS", gt=0, le=60)
+    # Deployments set it (bentofile.yaml): no keys configured then stops startup.
+    require_api_keys: bool = Field(False, alias="REQUIRE_API_KEYS")
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _keys(cls, value: Any) -> Any:
         return tuple(_split_csv(value)) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AuthSettings:
+        if self.keys_file and (self.api_keys or self.admin_api_keys):
+            raise ValueError("set either KEYS_FILE or API_KEYS/ADMIN_API_KEYS, not both")
+        if self.require_api_keys and not (self.keys_file or self.api_keys or self.admin_api_keys):
+            raise ValueError("REQUIRE_API_KEYS is true but neither API_KEYS nor KEYS_FILE is set: "
+                             "refusing to serve without authentication")
+        return self
 
 
 class LimitSettings(_Group):
@@ -194,46 +207,6 @@ class Settings(BaseModel):
     resilience: ResilienceSettings
     server: ServerSettings
 
-    def redacted(self) -> dict[str, Any]:
-        """For /debug/runtime: every secret field (repr=False) replaced by a count or a
-        marker, and credentials taken out of every URI."""
-        return {name: _redact_group(getattr(self, name)) for name in type(self).model_fields}
-
-
-def _redact_group(group: BaseModel) -> dict[str, Any]:
-    shown = group.model_dump()
-    for name, info in type(group).model_fields.items():
-        value = shown[name]
-        if isinstance(value, str) and "://" in value:
-            shown[name] = _redact_uri(value)
-        elif info.repr is False:
-            shown[name] = f"<{len(value)} keys>" if isinstance(value, tuple | list | dict) else "<redacted>"
-    return shown
-
-
-# Query parameters that carry credentials (redis-py reads `password` from the query).
-_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|cred|sig", re.IGNORECASE)
-
-
-def _redact_uri(uri: str) -> str:
-    """The URI with its user info, secret query values and fragment replaced by ***.
-
-    Everything up to the last '@' counts as user info, even past a '/', '?' or '#': a
-    password with such a character unescaped must not show in part.
-    """
-    scheme, sep, rest = uri.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
-    rest, hashed, _ = rest.partition("#")
-    path, asked, query = rest.partition("?")
-    if asked:
-        params = []
-        for param in query.split("&"):
-            name, equals, _ = param.partition("=")
-            params.append(f"{name}=***" if equals and _SECRET_PARAM.search(name) else param)
-        query = "&".join(params)
-    return scheme + sep + path + asked + query + ("#***" if hashed else "")
-
 
 class SettingsError(SystemExit):
     """Raised with one readable line; as a SystemExit it stops startup without a traceback."""
@@ -244,7 +217,10 @@ def _describe(group: type[_Group], exc: ValidationError) -> str:
     fields = {**group.model_fields, **{info.alias: info for info in group.model_fields.values() if info.alias}}
     problems = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a rule across settings: its message names them
+            problems.append(error["msg"].removeprefix("Value error, "))
+            continue
+        field = str(error["loc"][0])
         info = fields.get(field)
         name = info.alias if info and info.alias else field
         raw = os.environ.get(name)
@@ -283,10 +259,10 @@ def load_settings() -> Settings:
     return Settings(**groups)  # type: ignore[arg-type]
 
 
-def validate_settings() -> None:
-    """Exit with one line (status 2) if any setting is invalid; nothing is kept."""
+def validate_settings() -> Settings:
+    """Exit with one line (status 2) if any setting is invalid."""
     try:
-        load_settings()
+        return load_settings()
     except SettingsError:
         raise SystemExit(2) from None
 

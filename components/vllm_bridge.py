@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from components.errors import (
     from_status,
     render_sse,
 )
+from components.vllm_hooks import install_context_check, report_rendered
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -112,6 +112,9 @@ class Stream:
 
     source: AsyncIterator[str]
     forward_usage: bool = True
+    # The service asked for usage in every chunk (to charge a dropped stream what it
+    # used); the client did not: taken out of the chunks it gets.
+    strip_continuous_usage: bool = False
     usage: dict[str, Any] | None = None
     error: ServiceError | None = None
     # Called once the usage chunk arrives: vLLM sends it when every choice has finished,
@@ -128,25 +131,35 @@ class Stream:
                     self.error = _error_from_event(event)
                     yield render_sse(self.error)
                     return
-                if _USAGE_MARKER in event and self._take_usage(event):
-                    self.on_finished()
-                    if not self.forward_usage:
-                        continue
+                if _USAGE_MARKER in event:
+                    final, rewritten = self._take_usage(event)
+                    if final:
+                        self.on_finished()
+                        if not self.forward_usage:
+                            continue
+                    elif rewritten is not None:
+                        event = rewritten
                 yield event
         except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
             self.error = to_service_error(exc)
             yield render_sse(self.error)
 
-    def _take_usage(self, event: str) -> bool:
-        """True when `event` is the usage-only chunk (no choices)."""
+    def _take_usage(self, event: str) -> tuple[bool, str | None]:
+        """(whether `event` is the final usage-only chunk, the event rewritten without its
+        usage when that is to be stripped)."""
         try:
             chunk = json.loads(event[len("data: ") :])
         except ValueError:
-            return False
+            return False, None
         usage = chunk.get("usage")
         if usage:
             self.usage = usage
-        return bool(usage) and not chunk.get("choices")
+        if bool(usage) and not chunk.get("choices"):
+            return True, None
+        if usage and self.strip_continuous_usage:
+            del chunk["usage"]
+            return False, f"data: {json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))}\n\n"
+        return False, None
 
     async def aclose(self) -> None:
         close = getattr(self.source, "aclose", None)
@@ -160,47 +173,6 @@ def _error_from_event(event: str) -> ServiceError:
         return _from_error_info(int(info.get("code") or 500), str(info.get("message")), info.get("param"))
     except (ValueError, KeyError, TypeError):
         return _from_error_info(500, "malformed error event from the engine", None)
-
-
-# False while the service, not the client, chose max_tokens (MAX_TOKENS_LIMIT as a default):
-# then a long prompt clamps it as vLLM does, instead of failing a request that asked nothing.
-client_chose_max_tokens: ContextVar[bool] = ContextVar("client_chose_max_tokens", default=True)
-
-
-def _reject_past_the_context(original: Any) -> Any:
-    """vLLM's `get_max_tokens`, except that prompt + `max_tokens` beyond the context is an
-    error (OpenAI's behaviour, and our README's promise) instead of a silent clamp."""
-
-    def strict(max_model_len: int, max_tokens: int | None, input_length: int, *args: Any, **kwargs: Any) -> int:
-        truncated = kwargs.get("truncate_prompt_tokens")
-        if (
-            max_tokens is not None
-            and client_chose_max_tokens.get()
-            and truncated is None
-            and input_length + max_tokens > max_model_len
-        ):
-            raise ValueError(
-                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-                f"{input_length + max_tokens} tokens ({input_length} in the prompt, {max_tokens} in the "
-                "completion). Please reduce the length of the prompt or of max_tokens."
-            )
-        return int(original(max_model_len, max_tokens, input_length, *args, **kwargs))
-
-    strict.__wrapped__ = original  # type: ignore[attr-defined]
-    return strict
-
-
-def _install_context_check() -> None:
-    # vLLM 0.32's chat and completion serving modules import `get_max_tokens` by name and
-    # call it once per prompt, with the prompt's exact token count: the one place where the
-    # length is known before the engine sees the request.
-    from vllm.entrypoints.openai.chat_completion import serving as chat_serving
-    from vllm.entrypoints.openai.completion import serving as completion_serving
-
-    for module in (chat_serving, completion_serving):
-        original = module.get_max_tokens  # type: ignore[attr-defined]
-        if not hasattr(original, "__wrapped__"):
-            module.get_max_tokens = _reject_past_the_context(original)  # type: ignore[attr-defined]
 
 
 def prompt_count(body: Any) -> int:
@@ -223,10 +195,14 @@ class OpenAIBridge:
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
-        _install_context_check()
+        install_context_check()
         state = State()
         tasks = await engine.get_supported_tasks()
         await init_app_state(engine, state, args, tasks)
+        for handler, method in ((state.openai_serving_chat, "render_chat_request"),
+                                (state.openai_serving_completion, "render_completion_request")):
+            if handler is not None:
+                report_rendered(handler, method)
         served = args.served_model_name[0] if args.served_model_name else args.model
         return cls(state, served)
 

@@ -13,8 +13,9 @@ import httpx
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from components.auth import KeyStore
 from components.front_door import FrontDoor
+from components.keys import Policy
+from components.keys_file import PolicySource
 from components.ratelimit import RateLimiter
 from components.settings import LimitSettings
 from harness.server import free_port
@@ -31,7 +32,7 @@ async def models_app(scope: Scope, receive: Receive, send: Send) -> None:
 def front_door(keys: tuple[str, ...], **limit_env: str) -> Iterator[str]:
     limits = LimitSettings(**limit_env)  # type: ignore[arg-type]
     app = FrontDoor(
-        keys=KeyStore.from_keys(keys),
+        keys=PolicySource(Policy.from_env(keys, (), limits.api_key_limits)),
         limiter=RateLimiter(limits),
         cors_origins=("*",),
         max_request_bytes=65536,

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from harness.server import free_port
 from tests.integration.conftest import (
     ALL_KEYS,
     LIMITED_KEY,
@@ -24,7 +25,6 @@ from tests.integration.conftest import (
     WINDOW_MINUTES,
 )
 from tests.integration.frontdoor import front_door, get_models
-from harness.server import free_port
 
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 

@@ -10,18 +10,21 @@ import pytest
 
 COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 # Core modules: everything else builds on them; they import nothing of ours.
-CORE = {"settings", "errors", "context", "metrics", "logs", "host"}
+CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact"}
 # The two modules that know vLLM: its engine (engine.py) and its OpenAI layer (the bridge).
-VLLM_MODULES = {"engine", "vllm_bridge"}
+VLLM_MODULES = {"engine", "vllm_bridge", "vllm_hooks"}
 # The edge: what a request meets before any engine work; never the engine side.
-EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway"}
-ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor"}
+EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway",
+        "keys", "keys_file", "ledger"}
+ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor",
+               "vllm_hooks", "validation"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 # The README's layers ("How it fits together"): a module imports from its own layer and below.
 LAYERS = [
     CORE | {"responses", "bundled_model", "compile_cache"},
     EDGE | {"gpu_monitor", "bentoml_metrics"},
-    {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app"},
+    {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app",
+     "vllm_hooks", "validation"},
     {"runtime", "supervisor"},
 ]
 

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
-from components.auth import KeyStore, key_id, presented_key
+from components.auth import presented_key
+from components.keys import Policy, key_id
+from components.keys_file import PolicySource
 
 
 def test_keys_are_kept_as_digests_and_identified() -> None:
-    store = KeyStore.from_keys(("sk-a", "sk-b"))
+    store = Policy.from_env(("sk-a", "sk-b"))
     assert "sk-a" not in repr(store)
-    assert store.identify("sk-a") == key_id("sk-a")
-    assert store.identify("sk-b") == key_id("sk-b")
+    assert store.identify("sk-a").id == key_id("sk-a")  # type: ignore[union-attr]
+    assert store.identify("sk-b").id == key_id("sk-b")  # type: ignore[union-attr]
     assert store.identify("sk-A") is None
     assert store.identify("") is None
-    assert not KeyStore.from_keys(()).enabled
+    assert not PolicySource(Policy.from_env(())).current.enabled
 
 
 def test_key_id_is_stable_and_does_not_contain_the_key() -> None:

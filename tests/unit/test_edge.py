@@ -12,12 +12,17 @@ from typing import Any
 
 import pytest
 
-from components.auth import PUBLIC_PATHS, KeyStore
+from components.auth import PUBLIC_PATHS
 from components.errors import RateLimited
 from components.front_door import FrontDoor
+from components.keys import Policy
+from components.keys_file import PolicySource
+from components.ledger import TokenLimits
 from components.middleware import BodyLimitMiddleware
 from components.ratelimit import RateLimiter
-from components.settings import LimitSettings, SettingsError, _redact_uri, load_settings
+from components.redact import redact_uri as _redact_uri
+from components.redact import redacted
+from components.settings import LimitSettings, SettingsError, load_settings
 
 USER, OTHER, ADMIN = "sk-user-1111", "sk-other-2222", "sk-admin-3333"
 STAINLESS = (
@@ -94,10 +99,10 @@ def call(
 
 
 def front_door(keys: tuple[str, ...] = (USER, OTHER), admin: tuple[str, ...] = (ADMIN,), **options: Any) -> Any:
-    limits = options.pop("limits", {})
+    limits = LimitSettings(**options.pop("limits", {}))
     return FrontDoor(
-        keys=KeyStore.from_keys(keys, admin),
-        limiter=RateLimiter(LimitSettings(**limits)),
+        keys=PolicySource(Policy.from_env(keys, admin, limits.api_key_limits)),
+        limiter=RateLimiter(limits),
         cors_origins=options.pop("cors_origins", ("https://app.example.com",)),
         max_request_bytes=1_048_576,
         **options,
@@ -192,7 +197,8 @@ def test_429_carries_the_x_ratelimit_headers() -> None:
 def test_token_429_carries_request_and_token_headers() -> None:
     async def scenario() -> None:
         rl = RateLimiter(LimitSettings(DEFAULT_RATE_LIMIT="10", TOKENS_PER_MINUTE_LIMIT="50"))  # type: ignore[arg-type]
-        await rl.charge_tokens("k", 50)
+        hold = await rl.ledger.reserve("k", 50, TokenLimits(per_minute=50))
+        await hold.settle(50)
         with pytest.raises(RateLimited) as info:
             await rl.admit("k")
         headers = info.value.headers
@@ -234,13 +240,13 @@ def test_admin_keys_alone_turn_auth_on_and_no_keys_leave_it_off() -> None:
 
 
 def test_admin_key_store_keeps_digests_only() -> None:
-    store = KeyStore.from_keys((USER,), (ADMIN, USER))
+    store = Policy.from_env((USER,), (ADMIN, USER))
     assert ADMIN not in repr(store) and USER not in repr(store)
     assert len(store.digests) == 2
-    admin_id, user_id = store.identify(ADMIN), store.identify(USER)
-    assert admin_id is not None and user_id is not None
-    assert store.is_admin(admin_id) and store.is_admin(user_id)
-    assert not KeyStore.from_keys((USER,), (ADMIN,)).is_admin(user_id)
+    admin, user = store.identify(ADMIN), store.identify(USER)
+    assert admin is not None and user is not None
+    assert admin.admin and user.admin
+    assert not Policy.from_env((USER,), (ADMIN,)).identify(USER).admin  # type: ignore[union-attr]
 
 
 # --- settings: secrets, CORS, key limits ------------------------------------------------
@@ -277,12 +283,12 @@ def test_redacted_settings_show_no_secret(monkeypatch: pytest.MonkeyPatch) -> No
     settings = load_settings()
     assert settings.auth.admin_api_keys == (ADMIN,)
     assert ADMIN not in repr(settings)
-    text = json.dumps(settings.redacted())
+    text = json.dumps(redacted(settings))
     for secret in (USER, OTHER, ADMIN, "pw-top", "s3cret"):
         assert secret not in text
-    redacted = settings.redacted()
-    assert redacted["auth"]["admin_api_keys"] == "<1 keys>" and redacted["auth"]["api_keys"] == "<2 keys>"
-    assert redacted["server"]["max_header_bytes"] == 16384 and redacted["server"]["body_read_timeout_s"] == 10
+    shown = redacted(settings)
+    assert shown["auth"]["admin_api_keys"] == "<1 keys>" and shown["auth"]["api_keys"] == "<2 keys>"
+    assert shown["server"]["max_header_bytes"] == 16384 and shown["server"]["body_read_timeout_s"] == 10
 
 
 def fails_with(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str) -> str:

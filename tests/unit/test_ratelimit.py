@@ -5,6 +5,8 @@ import asyncio
 import pytest
 
 from components.errors import RateLimited
+from components.keys import Policy
+from components.ledger import TokenLimits
 from components.ratelimit import RateLimiter, openai_duration
 from components.settings import LimitSettings
 
@@ -16,8 +18,12 @@ def test_openai_duration(seconds: float, text: str) -> None:
     assert openai_duration(seconds) == text
 
 
+def rl_settings(**env: str) -> LimitSettings:
+    return LimitSettings(**env)  # type: ignore[arg-type]
+
+
 def limiter(**env: str) -> RateLimiter:
-    return RateLimiter(LimitSettings(**env))  # type: ignore[arg-type]
+    return RateLimiter(rl_settings(**env))
 
 
 def test_memory_moving_window_admits_exactly_the_limit() -> None:
@@ -43,10 +49,12 @@ def test_memory_storage_calls_are_never_cut_short_by_the_storage_time_limit() ->
     assert asyncio.run(rl._guard(slow_call)) is True
 
 
-def test_per_key_limits_are_held_by_key_id_only() -> None:
-    rl = limiter(API_KEY_LIMITS="sk-big:500")
-    assert all("sk-big" not in kid for kid in rl.key_limits)
-    assert list(rl.key_limits.values()) == [500]
+def test_per_key_limits_come_from_the_key_policy() -> None:
+    rl = limiter(API_KEY_LIMITS="sk-big:500", DEFAULT_RATE_LIMIT="60")
+    policy = Policy.from_env(("sk-big", "sk-small"), (), rl_settings(API_KEY_LIMITS="sk-big:500").api_key_limits)
+    assert "sk-big" not in repr(policy)
+    assert rl.limit_for(policy.identify("sk-big")) == 500
+    assert rl.limit_for(policy.identify("sk-small")) == 60 and rl.limit_for(None) == 60
 
 
 def test_global_limit_applies_over_identities() -> None:
@@ -64,10 +72,13 @@ def test_tokens_are_charged_and_exhaustion_refuses() -> None:
     async def scenario() -> None:
         rl = limiter(DEFAULT_RATE_LIMIT="0", TOKENS_PER_MINUTE_LIMIT="100")
         assert (await rl.admit("k"))[0].remaining == 100
-        await rl.charge_tokens("k", 60)
+        hold = await rl.ledger.reserve("k", 80, TokenLimits(per_minute=100))
+        assert (await rl.admit("k"))[0].remaining == 20  # a reservation in flight counts
+        await hold.settle(60)
         assert (await rl.admit("k"))[0].remaining == 40
-        await rl.charge_tokens("k", 500)  # overshoot fills the window
-        with pytest.raises(RateLimited):
+        await (await rl.ledger.reserve("k", 40, TokenLimits(per_minute=100))).settle(40)
+        with pytest.raises(RateLimited) as info:
             await rl.admit("k")
+        assert info.value.type == "tokens"
 
     asyncio.run(scenario())

@@ -1,0 +1,89 @@
+"""A generation request validated into a frozen `Generation`: model resolved, limits checked,
+engine ids, sequence count and token reservation known. Only that type reaches admission."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from components.errors import InvalidRequest
+from components.ledger import TokenLimits
+from components.settings import ApiSettings
+from components.vllm_bridge import OpenAIBridge, prompt_count, request_models
+
+_, _, StreamOptions = request_models()
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@dataclass(frozen=True)
+class Generation:
+    body: Any  # vLLM's request model, model resolved and request_id set
+    key: str  # the tenant that admission counts it against
+    sequences: int  # engine sequences: n x prompts
+    engine_ids: tuple[str, ...]
+    stream: bool
+    forward_usage: bool  # the client asked for the usage chunk
+    client_chose_max_tokens: bool
+    token_limits: TokenLimits | None = None  # the key's token windows; None: nothing to reserve
+    client_continuous_usage: bool = False  # the client asked for usage in every chunk
+    max_inflight: int | None = None  # the key's own cap on running sequences
+
+
+def reservation(prompt_lengths: list[int], max_model_len: int, n: int, max_tokens: int | None) -> int:
+    """The most tokens a request can use: every prompt, plus n completions of at most
+    max_tokens each (unset: what the context leaves, as vLLM does)."""
+    return sum(p + n * max(0, min(max_tokens or max_model_len, max_model_len - p)) for p in prompt_lengths)
+
+
+def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits | None = None) -> Generation:
+    """Check what the engine would accept too late or not at all; raise InvalidRequest."""
+    n = getattr(body, "n", None) or 1
+    if n > limits.max_n:
+        raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
+    if getattr(body, "use_beam_search", False):
+        # vLLM runs beam search as engine requests of other names, out of reach of our
+        # time limit, drain and abort: refused rather than left unbounded.
+        raise InvalidRequest("Beam search is not supported by this service.", param="use_beam_search",
+                             code="unsupported_parameter")
+    messages = getattr(body, "messages", None)
+    if messages is not None and len(messages) > limits.max_messages:
+        raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
+    for index, message in enumerate(messages or ()):
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"messages[{index}].role must be one of {sorted(_ROLES)}.", param=f"messages.{index}.role"
+            )
+    prompts = prompt_count(body)
+    if prompts > limits.max_prompts:
+        raise InvalidRequest(f"At most {limits.max_prompts} prompts are allowed in one request.", param="prompt")
+    sequences = n * prompts  # admission refuses more than one key may run at once
+    requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    chose = requested is not None
+    if limits.max_tokens_limit:
+        if requested is not None and requested > limits.max_tokens_limit:
+            raise InvalidRequest(f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens")
+        if requested is None:
+            body.max_tokens = limits.max_tokens_limit
+    stop = getattr(body, "stop", None)
+    if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
+        raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
+    # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
+    body.request_id = uuid.uuid4().hex
+    stream = bool(getattr(body, "stream", False))
+    forward_usage = True
+    continuous = False
+    if stream:
+        # Always ask vLLM for the usage chunk (exact token accounting); pass it on only if
+        # the client asked for it.
+        forward_usage = bool(body.stream_options and body.stream_options.include_usage)
+        continuous = bool(body.stream_options and body.stream_options.continuous_usage_stats)
+        # With token limits, usage in every chunk: a stream dropped mid-way is charged
+        # what it used so far.
+        body.stream_options = StreamOptions(
+            include_usage=True,
+            continuous_usage_stats=continuous or token_limits is not None,
+        )
+    return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, forward_usage, chose,
+                      token_limits if token_limits is not None and token_limits.any else None, continuous)

@@ -1,0 +1,76 @@
+"""Hooks into vLLM 0.32's OpenAI serving layer (internal API, pinned): the strict context
+check and the point where the prompts' exact token counts are known. Installed by the bridge."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+# False while the service, not the client, chose max_tokens (MAX_TOKENS_LIMIT as a default):
+# then a long prompt clamps it as vLLM does, instead of failing a request that asked nothing.
+client_chose_max_tokens: ContextVar[bool] = ContextVar("client_chose_max_tokens", default=True)
+
+
+def _reject_past_the_context(original: Any) -> Any:
+    """vLLM's `get_max_tokens`, except that prompt + `max_tokens` beyond the context is an
+    error (OpenAI's behaviour, and our README's promise) instead of a silent clamp."""
+
+    def strict(max_model_len: int, max_tokens: int | None, input_length: int, *args: Any, **kwargs: Any) -> int:
+        truncated = kwargs.get("truncate_prompt_tokens")
+        if (
+            max_tokens is not None
+            and client_chose_max_tokens.get()
+            and truncated is None
+            and input_length + max_tokens > max_model_len
+        ):
+            raise ValueError(
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{input_length + max_tokens} tokens ({input_length} in the prompt, {max_tokens} in the "
+                "completion). Please reduce the length of the prompt or of max_tokens."
+            )
+        return int(original(max_model_len, max_tokens, input_length, *args, **kwargs))
+
+    strict.__wrapped__ = original  # type: ignore[attr-defined]
+    return strict
+
+
+def install_context_check() -> None:
+    # vLLM 0.32's chat and completion serving modules import `get_max_tokens` by name and
+    # call it once per prompt, with the prompt's exact token count: the one place where the
+    # length is known before the engine sees the request.
+    from vllm.entrypoints.openai.chat_completion import serving as chat_serving
+    from vllm.entrypoints.openai.completion import serving as completion_serving
+
+    for module in (chat_serving, completion_serving):
+        original = module.get_max_tokens  # type: ignore[attr-defined]
+        if not hasattr(original, "__wrapped__"):
+            module.get_max_tokens = _reject_past_the_context(original)  # type: ignore[attr-defined]
+
+
+# Set by the generation path for a request with token limits: awaited with the exact prompt
+# lengths and the context length once vLLM has rendered the prompts and before any reaches
+# the engine (it may raise a ServiceError, which refuses the request).
+on_rendered: ContextVar[Callable[[list[int], int], Awaitable[None]] | None] = ContextVar("on_rendered", default=None)
+
+
+def report_rendered(handler: Any, method_name: str) -> None:
+    """Wrap vLLM 0.32's `render_chat_request`/`render_completion_request` of one handler:
+    the only async point where the prompts' exact token counts (from the engine's own
+    renderer and tokenizer) are known and nothing has reached the engine yet."""
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    original = getattr(handler, method_name)
+    if hasattr(original, "__wrapped__"):
+        return
+
+    async def render(request: Any) -> Any:
+        result = await original(request)
+        callback = on_rendered.get()
+        if callback is not None and not isinstance(result, ErrorResponse):
+            inputs = result[1] if isinstance(result, tuple) else result
+            await callback([handler._extract_prompt_len(each) for each in inputs], handler.model_config.max_model_len)
+        return result
+
+    render.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(handler, method_name, render)

@@ -1,0 +1,245 @@
+"""Tenant policy on two real replicas (bentoml serve + vLLM + the bundled model) sharing one
+real redis-server and one keys file, mounted as Kubernetes mounts a Secret: `keys.yaml` is a
+symlink through `..data`, which an update swaps atomically to a new directory."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.server import Server, start_server, wait_until
+
+KEY_TPM = "sk-tenant-tpm-8f21c0"  # tokens_per_minute 400
+KEY_DROP = "sk-tenant-drop-5b77e1"
+KEY_BUDGET = "sk-tenant-budget-0c4d9a"  # token_budget 100 a day
+KEY_NARROW = "sk-tenant-narrow-6e2f18"  # may use gpt-4 only
+KEY_STREAM = "sk-tenant-stream-93ab40"
+KEY_OLD = "sk-tenant-old-41d2c7"  # revoked by the reload
+KEY_NEW = "sk-tenant-new-a70e55"  # added by the reload
+KEY_ADMIN = "sk-tenant-admin-1d9b62"
+TPM, BUDGET, MAX_TOKENS = 400, 100, 64
+PROMPT = "The capital of France is"
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def keys_yaml(revoke_old: bool = False) -> str:
+    entries = [
+        ("tenant-tpm", KEY_TPM, f"tokens_per_minute: {TPM}"),
+        ("tenant-drop", KEY_DROP, "tokens_per_minute: 100000"),
+        ("tenant-budget", KEY_BUDGET, f"token_budget: {BUDGET}\n    budget_period: day"),
+        ("tenant-narrow", KEY_NARROW, "models: [gpt-4]"),
+        ("tenant-stream", KEY_STREAM, "priority: interactive"),
+        ("ops", KEY_ADMIN, "admin: true"),
+        ("tenant-new" if revoke_old else "tenant-old", KEY_NEW if revoke_old else KEY_OLD, "name: rotated"),
+    ]
+    return "keys:\n" + "".join(f"  - id: {kid}\n    sha256: '{sha(key)}'\n    {extra}\n" for kid, key, extra in entries)
+
+
+def swap_in(mount: Path, version: str, text: str) -> None:
+    """What the kubelet does: a new timestamped directory, then an atomic rename of `..data`."""
+    target = mount / f"..{version}"
+    target.mkdir()
+    (target / "keys.yaml").write_text(text)
+    tmp = mount / "..data_tmp"
+    tmp.symlink_to(target.name)
+    os.replace(tmp, mount / "..data")
+
+
+@pytest.fixture(scope="module")
+def mount(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    mount = tmp_path_factory.mktemp("secret-mount")
+    swap_in(mount, "v1", keys_yaml())
+    (mount / "keys.yaml").symlink_to("..data/keys.yaml")
+    return mount
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str, mount: Path) -> Iterator[list[Server]]:
+    env = {"KEYS_FILE": str(mount / "keys.yaml"), "RATE_LIMIT_STORAGE_URI": redis_url, "REQUIRE_API_KEYS": "true",
+           "DEFAULT_RATE_LIMIT": "100000", "MAX_NUM_SEQS": "8", "MAX_QUEUE_SIZE": "32", "MAX_QUEUED_PER_KEY": "32"}
+    log_dir = tmp_path_factory.mktemp("tenant")
+    started = [start_server(log_dir, env, name=f"replica-{i}") for i in range(2)]
+    try:
+        for server in started:  # both load at once
+            server.wait_ready()
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def complete(server: Server, key: str, max_tokens: int, **extra: object) -> httpx.Response:
+    body = {"model": "gpt-4", "prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
+            **extra}
+    return httpx.post(f"{server.url}/v1/completions", json=body, headers=auth(key), timeout=120)
+
+
+def usage(server: Server, kid: str) -> dict:
+    report = httpx.get(f"{server.url}/admin/usage", headers=auth(KEY_ADMIN), timeout=10).json()
+    return next(entry for entry in report["keys"] if entry["key_id"] == kid)
+
+
+def prompt_tokens(server: Server) -> int:
+    return complete(server, KEY_STREAM, 1).json()["usage"]["prompt_tokens"]
+
+
+def fresh_minute(margin_s: float = 25) -> None:
+    """The token window is this minute: start where the burst cannot straddle two."""
+    assert wait_until(lambda: time.time() % 60 < 60 - margin_s, 60, interval=0.5)
+
+
+def test_token_limit_holds_across_two_replicas(replicas: list[Server]) -> None:
+    reserve = prompt_tokens(replicas[0]) + MAX_TOKENS
+    fresh_minute()
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda i: complete(replicas[i % 2], KEY_TPM, MAX_TOKENS), range(20)))
+    admitted = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    assert len(admitted) == TPM // reserve, [a.status_code for a in answers]
+    for answer in refused:
+        assert answer.status_code == 429 and answer.json()["error"]["type"] == "tokens", answer.text
+        assert answer.headers["x-ratelimit-limit-tokens"] == str(TPM) and "retry-after" in answer.headers
+    charged = sum(a.json()["usage"]["total_tokens"] for a in admitted)
+    assert charged == len(admitted) * reserve <= TPM
+    # Both replicas read the same ledger.
+    assert usage(replicas[0], "tenant-tpm")["minute"]["tokens"] == charged
+    assert usage(replicas[1], "tenant-tpm")["minute"]["tokens"] == charged
+
+
+def test_a_dropped_stream_is_charged_what_it_used(replicas: list[Server]) -> None:
+    server = replicas[1]
+    prompt = prompt_tokens(server)
+    fresh_minute(margin_s=20)
+    before = usage(server, "tenant-drop")["minute"]["tokens"]
+    events = []
+    body = {"model": "gpt-4", "prompt": PROMPT, "max_tokens": 400, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=auth(KEY_DROP), timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line)
+            if len(events) == 10:
+                break  # the client goes away mid-stream
+    assert all('"usage"' not in event for event in events)  # the service's own usage chunks stay inside
+    settled = lambda: usage(server, "tenant-drop")["minute"]["tokens"] - before < prompt + 400  # noqa: E731
+    assert wait_until(settled, 15), usage(server, "tenant-drop")
+    charged = usage(server, "tenant-drop")["minute"]["tokens"] - before
+    assert prompt + 10 <= charged < prompt + 400
+
+
+def test_a_budget_refuses_the_request_that_would_exceed_it(replicas: list[Server]) -> None:
+    prompt = prompt_tokens(replicas[0])
+    first = complete(replicas[0], KEY_BUDGET, 20)
+    assert first.status_code == 200, first.text
+    left = BUDGET - (prompt + 20)
+    too_big = complete(replicas[1], KEY_BUDGET, left - prompt + 1)
+    assert too_big.status_code == 429, too_big.text
+    assert too_big.json()["error"]["code"] == "insufficient_quota"
+    fits = complete(replicas[1], KEY_BUDGET, left - prompt)
+    assert fits.status_code == 200, fits.text
+    assert usage(replicas[0], "tenant-budget")["budget"] == {
+        "tokens": BUDGET, "limit": BUDGET, "resets_in_s": pytest.approx(usage(replicas[0], "tenant-budget")
+                                                                          ["budget"]["resets_in_s"], abs=5)}
+
+
+def test_a_key_sees_and_calls_only_its_models(replicas: list[Server]) -> None:
+    server = replicas[0]
+    listed = httpx.get(f"{server.url}/v1/models", headers=auth(KEY_NARROW), timeout=10).json()
+    assert [m["id"] for m in listed["data"]] == ["gpt-4"]
+    everything = httpx.get(f"{server.url}/v1/models", headers=auth(KEY_STREAM), timeout=10).json()
+    served = everything["data"][0]["id"]
+    assert len(everything["data"]) > 1
+    refused = httpx.post(f"{server.url}/v1/chat/completions", headers=auth(KEY_NARROW), timeout=60,
+                         json={"model": served, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{server.url}/v1/models/{served}", headers=auth(KEY_NARROW), timeout=10).status_code == 404
+    allowed = httpx.post(f"{server.url}/v1/chat/completions", headers=auth(KEY_NARROW), timeout=60,
+                         json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    assert allowed.status_code == 200, allowed.text
+
+
+def test_usage_endpoint_is_admin_only_and_per_key_metrics_are_bounded(replicas: list[Server]) -> None:
+    server = replicas[0]
+    assert httpx.get(f"{server.url}/admin/usage", headers=auth(KEY_STREAM), timeout=10).status_code == 403
+    assert httpx.get(f"{server.url}/admin/usage", timeout=10).status_code == 401
+    report = httpx.get(f"{server.url}/admin/usage", headers=auth(KEY_ADMIN), timeout=10).json()
+    assert report["scope"] == "cluster" and {"tenant-tpm", "ops"} <= {k["key_id"] for k in report["keys"]}
+    httpx.get(f"{server.url}/v1/models", headers=auth("sk-nobody-at-all"), timeout=10)
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    ids = set()
+    for line in text.splitlines():
+        if line.startswith(("vllm_key_requests_total{", "vllm_key_tokens_total{")):
+            ids.add(line.split('key_id="', 1)[1].split('"', 1)[0])
+    known = {"tenant-tpm", "tenant-drop", "tenant-budget", "tenant-narrow", "tenant-stream", "ops", "tenant-old",
+             "tenant-new"}
+    assert "tenant-tpm" in ids and ids <= known | {"anonymous"}, ids
+    assert 'vllm_key_tokens_total{key_id="tenant-tpm",kind="completion"}' in text
+
+
+def reload_errors(server: Server) -> float:
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("vllm_keys_reload_errors_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_keys_reload_without_a_restart_and_without_failing_a_request(replicas: list[Server], mount: Path) -> None:
+    results: list[str] = []
+    first_events = threading.Barrier(9)
+
+    def stream(i: int) -> None:
+        body = {"model": "gpt-4", "prompt": PROMPT, "max_tokens": 48, "ignore_eos": True, "stream": True}
+        last, waited = "", False
+        with httpx.stream("POST", f"{replicas[i % 2].url}/v1/completions", json=body, headers=auth(KEY_STREAM),
+                          timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    last = line
+                    if not waited:
+                        waited = True
+                        first_events.wait(60)
+        results.append(f"{response.status_code} {last}")
+
+    def status(server: Server, key: str) -> int:
+        return httpx.get(f"{server.url}/v1/models", headers=auth(key), timeout=10).status_code
+
+    assert all(status(s, KEY_OLD) == 200 and status(s, KEY_NEW) == 401 for s in replicas)
+    versions = {httpx.get(f"{s.url}/healthz", timeout=10).json()["keys_policy"]["version"] for s in replicas}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        running = [pool.submit(stream, i) for i in range(8)]
+        first_events.wait(60)  # all 8 streams are under way
+        swap_in(mount, "v2", keys_yaml(revoke_old=True))
+        swapped = time.monotonic()
+        assert wait_until(lambda: all(status(s, KEY_NEW) == 200 and status(s, KEY_OLD) == 401 for s in replicas),
+                          2.0, interval=0.05), "the change took longer than 2 s"
+        applied_in = time.monotonic() - swapped
+        for future in running:
+            future.result()
+    assert results == ["200 data: [DONE]"] * 8, results
+    new_versions = {httpx.get(f"{s.url}/healthz", timeout=10).json()["keys_policy"]["version"] for s in replicas}
+    assert len(new_versions) == 1 and new_versions != versions, (versions, new_versions)
+
+    errors_before = [reload_errors(s) for s in replicas]
+    swap_in(mount, "v3", "keys:\n  - id: [broken\n")
+    assert wait_until(lambda: all(reload_errors(s) == before + 1 for s, before in zip(replicas, errors_before,
+                                                                                        strict=True)), 5)
+    for server in replicas:
+        health = httpx.get(f"{server.url}/healthz", timeout=10).json()["keys_policy"]
+        assert health["version"] in new_versions and health["last_reload_error"], health
+        assert status(server, KEY_NEW) == 200 and status(server, KEY_OLD) == 401
+    print(f"\nkeys reload applied on both replicas in {applied_in:.2f} s")

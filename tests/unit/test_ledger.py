@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from components.errors import QuotaExceeded, TokensLimited
+from components.ledger import Ledger, TokenLimits
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_020.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_reservations_never_exceed_the_minute_window_and_settling_gives_back() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        ledger = Ledger(clock=clock)
+        limits = TokenLimits(per_minute=400)
+        holds = []
+        for _ in range(4):
+            holds.append(await ledger.reserve("a", 90, limits))
+        with pytest.raises(TokensLimited) as info:
+            await ledger.reserve("a", 90, limits)  # 360 + 90 > 400
+        assert info.value.status == 429 and info.value.type == "tokens"
+        assert info.value.headers["x-ratelimit-remaining-tokens"] == "40"
+        assert int(info.value.headers["retry-after"]) <= 60
+        await holds[0].settle(10)  # used 10 of 90: 80 come back
+        await holds[0].settle(0)  # once only
+        assert (await ledger.used("a", limits))["minute"][0] == 280
+        await ledger.reserve("a", 90, limits)
+        # Another key has its own window.
+        await ledger.reserve("b", 400, limits)
+        clock.now += 60  # the next minute
+        await ledger.reserve("a", 400, limits)
+
+    asyncio.run(scenario())
+
+
+def test_a_budget_refuses_the_request_that_would_exceed_it_across_minutes() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        ledger = Ledger(clock=clock)
+        limits = TokenLimits(budget=100, budget_period_s=86400)
+        hold = await ledger.reserve("a", 60, limits)
+        await hold.settle(60)
+        clock.now += 120
+        with pytest.raises(QuotaExceeded) as info:
+            await ledger.reserve("a", 41, limits)
+        assert info.value.code == "insufficient_quota"
+        await ledger.reserve("a", 40, limits)
+        used = await ledger.used("a", limits)
+        assert used["budget"][0] == 100 and used["day"][0] == 100 and used["minute"][0] == 40
+
+    asyncio.run(scenario())
+
+
+def test_settling_more_than_reserved_charges_what_was_used() -> None:
+    async def scenario() -> None:
+        ledger = Ledger(clock=Clock())
+        hold = await ledger.reserve("a", 50, TokenLimits(per_minute=1000))
+        await hold.settle(70)  # a prompt estimated too low: the real count is charged
+        assert (await ledger.used("a", TokenLimits()))["minute"][0] == 70
+
+    asyncio.run(scenario())
