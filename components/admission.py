@@ -4,10 +4,12 @@ beyond that.
 
 Per key: at most `running_per_key` sequences in the engine (more of its requests wait) and
 at most `queued_per_key` requests waiting (429 beyond), so one key cannot take every queue
-place. Fair between keys: whenever capacity frees up or a request arrives, waiting requests
-are started in order of their key's running sequences (fewest first, oldest first within a
-key), and any request that fits is started, so a large request cannot hold back smaller
-ones of other keys while capacity sits idle.
+place. Whenever capacity frees up or a request arrives, waiting requests are started in
+order of their priority class (interactive, standard, batch; a request waiting
+`aging_s` rises one class, so none starves), then of their key's running sequences (fewest
+first), oldest first within a key; any request that fits is started, so a large request
+cannot hold back smaller ones while capacity sits idle. The batch class may hold at most
+`low_share` of the capacity, so a request of a higher class finds room at once.
 
 A hand-written queue: asyncio.Semaphore hides its waiters, cannot refuse at a bound, and
 knows neither costs nor keys.
@@ -16,11 +18,15 @@ knows neither costs nor keys.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from components.errors import InvalidRequest, Overloaded, RateLimited, Unavailable
+
+# Priority classes (components/keys.py): lower runs first, as in vLLM's priority scheduling.
+STANDARD, LOW = 5, 10
 
 
 @dataclass(eq=False)
@@ -28,21 +34,24 @@ class _Waiter:
     key: str
     cost: int
     share: int
+    priority: int = STANDARD
+    since: float = field(default_factory=time.monotonic)
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Slot:
     """`cost` sequences running for one key; `release()` gives them back, once."""
 
-    def __init__(self, admission: Admission, key: str, cost: int) -> None:
+    def __init__(self, admission: Admission, key: str, cost: int, low: bool = False) -> None:
         self._admission: Admission | None = admission
         self.key = key
         self.cost = cost
+        self.low = low
 
     def release(self) -> None:
         if self._admission is not None:
             admission, self._admission = self._admission, None
-            admission._release(self.key, self.cost)
+            admission._release(self.key, self.cost, self.low)
 
 
 class Admission:
@@ -54,8 +63,18 @@ class Admission:
         running_per_key: int = 0,
         queued_per_key: int = 0,
         on_change: Callable[[int, int], None] | None = None,
+        low_share: float = 1.0,
+        aging_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.capacity = capacity
+        # The low (batch) class may hold this many sequences: the rest stays free for the
+        # classes above, so their requests start at once instead of waiting for a batch one.
+        self.low_capacity = max(1, int(capacity * low_share))
+        self.running_low = 0
+        # Waiting this long raises a request one class (5): no class starves.
+        self.aging_s = aging_s
+        self._clock = clock
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
         # A share above capacity would let a request wait for room that never comes.
@@ -94,8 +113,9 @@ class Admission:
     def _dequeued(self, waiter: _Waiter) -> None:
         _decrement(self._queued_by_key, waiter.key, 1)
 
-    async def acquire(self, key: str, cost: int = 1, share: int | None = None) -> Slot:
-        """`share`: this key's own cap on running sequences (at most the service's)."""
+    async def acquire(self, key: str, cost: int = 1, share: int | None = None, priority: int = STANDARD) -> Slot:
+        """`share`: this key's own cap on running sequences (at most the service's);
+        `priority`: its class (lower first)."""
         if self._closed is not None:
             raise self._closed
         share = min(share or self.running_per_key, self.running_per_key)
@@ -106,7 +126,8 @@ class Admission:
             )
         # After every change _dispatch() has started whatever fits, so a request that fits
         # now starts now; one that does not must find a place in the queue.
-        if not self._fits_now(key, cost, share):
+        low = priority >= LOW
+        if not self._fits_now(key, cost, share, low):
             if len(self._queue) >= self.max_waiting:
                 raise Overloaded(
                     f"The server is at capacity ({self.capacity} sequences running, {self.max_waiting} queued); "
@@ -117,20 +138,20 @@ class Admission:
                     f"Too many queued requests for this key (at most {self.queued_per_key}); retry shortly.",
                     code="concurrency_limit_exceeded", headers={"retry-after": "1", "retry-after-ms": "1000"},
                 )
-        waiter = _Waiter(key, cost, share)
+        waiter = _Waiter(key, cost, share, priority, self._clock())
         self._queue.append(waiter)
         self._queued_by_key[key] += 1
         self._dispatch()
         self._changed()
         if waiter.future.done():
-            return Slot(self, key, cost)
+            return Slot(self, key, cost, low)
         try:
             async with asyncio.timeout(self.max_wait_s):
                 await asyncio.shield(waiter.future)
         except BaseException as exc:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 # Granted in the meantime, but nobody will use it: give it back.
-                Slot(self, key, cost).release()
+                Slot(self, key, cost, low).release()
             elif waiter in self._queue:
                 self._queue.remove(waiter)
                 self._dequeued(waiter)
@@ -142,13 +163,22 @@ class Admission:
                     headers={"retry-after": "1"},
                 ) from None
             raise
-        return Slot(self, key, cost)
+        return Slot(self, key, cost, low)
 
-    def _fits_now(self, key: str, cost: int, share: int) -> bool:
-        return self.running + cost <= self.capacity and self.running_for(key) + cost <= share
+    def _fits_now(self, key: str, cost: int, share: int, low: bool) -> bool:
+        return (self.running + cost <= self.capacity and self.running_for(key) + cost <= share
+                and (not low or self.running_low + cost <= self.low_capacity))
 
-    def _release(self, key: str, cost: int) -> None:
+    def _rank(self, waiter: _Waiter, now: float) -> tuple[float, int, float]:
+        """Class first (aged by its wait), then the key's running sequences, then age."""
+        steps = int((now - waiter.since) / self.aging_s) if self.aging_s else 0
+        aged = waiter.priority - STANDARD * steps
+        return aged, self.running_for(waiter.key), waiter.since
+
+    def _release(self, key: str, cost: int, low: bool = False) -> None:
         self.running -= cost
+        if low:
+            self.running_low -= cost
         _decrement(self._running_by_key, key, cost)
         self._dispatch()
         self._changed()
@@ -160,13 +190,16 @@ class Admission:
             heads: dict[str, _Waiter] = {}
             for waiter in self._queue:
                 heads.setdefault(waiter.key, waiter)
-            ready = [w for w in heads.values() if self._fits_now(w.key, w.cost, w.share)]
+            ready = [w for w in heads.values() if self._fits_now(w.key, w.cost, w.share, w.priority >= LOW)]
             if not ready:
                 return
-            chosen = min(ready, key=lambda w: self.running_for(w.key))
+            now = self._clock()
+            chosen = min(ready, key=lambda w: self._rank(w, now))
             self._queue.remove(chosen)
             self._dequeued(chosen)
             self.running += chosen.cost
+            if chosen.priority >= LOW:
+                self.running_low += chosen.cost
             self._running_by_key[chosen.key] += chosen.cost
             chosen.future.set_result(None)
 

@@ -146,6 +146,8 @@ def resolve_spec(
         "--dtype", dtype,
         # The engine's own time to first token in non-streaming responses (`metrics`).
         "--enable-per-request-metrics",
+        # Each request carries its key's class (keys file); all equal, this is FIFO.
+        "--scheduling-policy", "priority",
     ]
     if on_gpu:
         args += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]

@@ -167,7 +167,7 @@ class GenerationResponse(Response):
         gen = self.generation
         try:
             async with _Interrupts(receive, write) as interrupts:
-                ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight)
+                ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight, gen.priority)
                 ticket.interrupt = interrupts.interrupt
                 async with ticket:
                     chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from components.admission import Admission, Slot
+from components.admission import STANDARD, Admission, Slot
 from components.breaker import CircuitBreaker
 from components.errors import ClientClosed, GenerationTimeout, ServiceError, ServingFailure, Unavailable
 
@@ -118,12 +118,13 @@ class Gate:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def admit(self, key: str, sequences: int, engine_ids: Sequence[str], share: int | None = None) -> Pass:
+    async def admit(self, key: str, sequences: int, engine_ids: Sequence[str], share: int | None = None,
+                    priority: int = STANDARD) -> Pass:
         """Breaker first (an open one refuses without queueing), then a slot. `share`: the
-        key's own cap on sequences running (keys file max_inflight)."""
+        key's own cap on sequences running (keys file max_inflight); `priority`: its class."""
         trial = self.breaker.before_call()
         try:
-            slot = await self.admission.acquire(key, sequences, share)
+            slot = await self.admission.acquire(key, sequences, share, priority)
         except BaseException:
             self.breaker.release_trial(trial)
             raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -94,9 +93,8 @@ def build_openai_app(
     async def generate(body: Any, request: Request, call: Call) -> Response:
         ctx = request_context(request.scope)
         resolve_model(body, ctx.policy)
-        generation = validate(body, limits, key=ctx.tenant, token_limits=token_limits(ctx.policy, tokens_per_minute))
-        if ctx.policy is not None and ctx.policy.max_inflight:
-            generation = dataclasses.replace(generation, max_inflight=ctx.policy.max_inflight)
+        generation = validate(body, limits, key=ctx.tenant, token_limits=token_limits(ctx.policy, tokens_per_minute),
+                              policy=ctx.policy)
         ctx.model = body.model
         ctx.stream = generation.stream
         return GenerationResponse(generation, request, call, gate, stall_timeout_s, ledger)

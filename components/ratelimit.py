@@ -212,7 +212,9 @@ class RateLimitMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start" and extra:
-                message["headers"] = [*message.get("headers", []), *extra]
+                # A later refusal (the token reservation's 429) sets its own, newer values.
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in present)]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

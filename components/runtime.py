@@ -54,8 +54,8 @@ class Runtime:
             settings.engine.max_num_seqs, limits.max_queue_size, limits.max_inflight_per_key, limits.max_queued_per_key
         ) if self.keys.current.enabled else (0, 0)
         admission = Admission(settings.engine.max_num_seqs, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
-                              running_per_key=running_share, queued_per_key=queued_share,
-                              on_change=self._queue_changed)
+                              running_per_key=running_share, queued_per_key=queued_share, on_change=self._queue_changed,
+                              low_share=limits.priority_batch_share, aging_s=limits.priority_aging_s)
         self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout, self._request_failed)
         self.gpu = GpuMonitor(self.metrics, settings.server.gpu_monitor_interval)
         self.compile_cache: CompileCache | None = None

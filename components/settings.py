@@ -137,6 +137,10 @@ class LimitSettings(_Group):
     max_inflight_per_key: int | None = Field(None, alias="MAX_INFLIGHT_PER_KEY", ge=1)
     max_queued_per_key: int | None = Field(None, alias="MAX_QUEUED_PER_KEY", ge=1)
     queue_timeout_s: float = Field(30, alias="QUEUE_TIMEOUT_SECONDS", gt=0)
+    # Priority classes (keys file): the batch class's share of MAX_NUM_SEQS, and the wait
+    # after which a queued request rises one class (0: never).
+    priority_batch_share: float = Field(0.75, alias="PRIORITY_BATCH_SHARE", gt=0, le=1)
+    priority_aging_s: float = Field(10, alias="PRIORITY_AGING_SECONDS", ge=0)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), alias="CORS_ORIGINS")
 
     @field_validator("api_key_limits", mode="before")

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from components.admission import STANDARD
 from components.errors import InvalidRequest
 from components.ledger import TokenLimits
 from components.settings import ApiSettings
@@ -28,6 +29,7 @@ class Generation:
     token_limits: TokenLimits | None = None  # the key's token windows; None: nothing to reserve
     client_continuous_usage: bool = False  # the client asked for usage in every chunk
     max_inflight: int | None = None  # the key's own cap on running sequences
+    priority: int = STANDARD  # the class, lower first (admission and vLLM's scheduler)
 
 
 def reservation(prompt_lengths: list[int], max_model_len: int, n: int, max_tokens: int | None) -> int:
@@ -36,8 +38,10 @@ def reservation(prompt_lengths: list[int], max_model_len: int, n: int, max_token
     return sum(p + n * max(0, min(max_tokens or max_model_len, max_model_len - p)) for p in prompt_lengths)
 
 
-def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits | None = None) -> Generation:
-    """Check what the engine would accept too late or not at all; raise InvalidRequest."""
+def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits | None = None,
+             policy: Any = None) -> Generation:
+    """Check what the engine would accept too late or not at all; raise InvalidRequest.
+    `policy`: the key's KeyPolicy (its class, its own cap on running sequences)."""
     n = getattr(body, "n", None) or 1
     if n > limits.max_n:
         raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
@@ -85,5 +89,9 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
             include_usage=True,
             continuous_usage_stats=continuous or token_limits is not None,
         )
+    # A request may lower its own priority (a larger number), never raise it above its key's.
+    floor = policy.priority if policy is not None else STANDARD
+    body.priority = max(int(getattr(body, "priority", 0) or 0), floor)
     return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, forward_usage, chose,
-                      token_limits if token_limits is not None and token_limits.any else None, continuous)
+                      token_limits if token_limits is not None and token_limits.any else None, continuous,
+                      policy.max_inflight if policy is not None else None, body.priority)

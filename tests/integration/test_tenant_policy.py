@@ -192,10 +192,9 @@ def test_usage_endpoint_is_admin_only_and_per_key_metrics_are_bounded(replicas: 
 
 
 def reload_errors(server: Server) -> float:
-    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("vllm_keys_reload_errors_total "):
-            return float(line.split()[1])
-    return 0.0
+    name = "vllm_keys_reload_errors_total"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+               if line.startswith((name + " ", name + "{")))
 
 
 def test_keys_reload_without_a_restart_and_without_failing_a_request(replicas: list[Server], mount: Path) -> None:

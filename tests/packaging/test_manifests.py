@@ -44,7 +44,14 @@ def test_deployment_probes_grace_and_security() -> None:
     assert pod["terminationGracePeriodSeconds"] > grace + 5
     assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert "secretKeyRef" in envs["API_KEYS"]["valueFrom"]
+    # The keys file comes from a Secret volume mounted as a directory (a subPath mount
+    # would never see the Secret's updates), and a pod without keys does not start.
+    assert envs["REQUIRE_API_KEYS"]["value"] == "true"
+    keys_file = envs["KEYS_FILE"]["value"]
+    (mount,) = [m for m in container["volumeMounts"] if keys_file.startswith(m["mountPath"] + "/")]
+    assert "subPath" not in mount
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "llm-service-keys"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert envs["RATE_LIMIT_STORAGE_URI"]["value"].startswith("redis://")
 
@@ -60,3 +67,11 @@ def test_bentocloud_config() -> None:
     assert service["instance_type"].startswith("gpu.t4")
     assert service["scaling"]["min_replicas"] >= 1 and service["scaling"]["max_replicas"] > service["scaling"]["min_replicas"]
     assert "llm-service-keys" in config["secrets"]
+
+
+def test_the_example_keys_secret_is_a_valid_keys_file() -> None:
+    from components.keys_file import parse
+
+    (secret,) = [doc for path, doc in documents() if doc["kind"] == "Secret" and path.name == "secret.example.yaml"]
+    policy = parse(secret["stringData"]["keys.yaml"], "secret.example.yaml")
+    assert any(p.admin for _, p in policy.digests) and len(policy.digests) == 3

@@ -178,3 +178,64 @@ def test_close_refuses_new_and_queued_requests_with_its_code() -> None:
         assert admission.running == 0 and admission.queued_for("a") == 0
 
     asyncio.run(scenario())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_batch_class_leaves_room_for_the_classes_above() -> None:
+    async def scenario() -> None:
+        admission = Admission(capacity=4, max_waiting=8, max_wait_s=WAIT, low_share=0.5)
+        batch = [await admission.acquire(f"b{i}", priority=10) for i in range(2)]
+        third_batch = asyncio.ensure_future(admission.acquire("b2", priority=10))
+        await asyncio.sleep(0)
+        assert admission.running == 2 and admission.waiting == 1  # the batch share is full
+        interactive = await admission.acquire("i", priority=0)  # room at once
+        assert admission.running == 3 and admission.running_low == 2
+        batch[0].release()
+        await third_batch
+        assert admission.running_low == 2
+        interactive.release()
+        assert admission.running == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_higher_class_starts_first_and_aging_keeps_the_lower_from_starving() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        admission = Admission(capacity=1, max_waiting=8, max_wait_s=WAIT, aging_s=10, clock=clock)
+        running = await admission.acquire("x", priority=5)
+        order: list[str] = []
+
+        async def wait(key: str, priority: int) -> None:
+            slot = await admission.acquire(key, priority=priority)
+            order.append(key)
+            slot.release()
+
+        batch = asyncio.ensure_future(wait("batch", 10))
+        await asyncio.sleep(0)
+        clock.now += 1
+        interactive = asyncio.ensure_future(wait("interactive", 0))
+        await asyncio.sleep(0)
+        running.release()
+        await asyncio.gather(batch, interactive)
+        assert order == ["interactive", "batch"]  # the later, higher class first
+
+        running = await admission.acquire("x", priority=5)
+        order.clear()
+        batch = asyncio.ensure_future(wait("batch", 10))
+        await asyncio.sleep(0)
+        clock.now += 25  # two aging steps: batch now ranks as interactive, and it is older
+        interactive = asyncio.ensure_future(wait("interactive", 0))
+        await asyncio.sleep(0)
+        running.release()
+        await asyncio.gather(batch, interactive)
+        assert order == ["batch", "interactive"]
+
+    asyncio.run(scenario())

@@ -208,6 +208,26 @@ def test_token_429_carries_request_and_token_headers() -> None:
     asyncio.run(scenario())
 
 
+def test_a_refusal_from_inside_keeps_its_own_token_headers_once() -> None:
+    """The token reservation's 429 comes from inside the app with fresher x-ratelimit-*-tokens
+    values; seen: the front door appended its own too ('400, 400')."""
+
+    async def refusing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"x-ratelimit-remaining-tokens", b"7")]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    app = FrontDoor(
+        keys=PolicySource(Policy.from_env((USER,))),
+        limiter=RateLimiter(LimitSettings(TOKENS_PER_MINUTE_LIMIT="400")),  # type: ignore[arg-type]
+        cors_origins=("*",), max_request_bytes=1024,
+    ).build(refusing_app)
+    sent = call(app, "GET", "/v1/models", bearer(USER)).sent
+    names = [name for name, _ in sent[0]["headers"]]
+    assert names.count(b"x-ratelimit-remaining-tokens") == 1 and names.count(b"x-ratelimit-limit-tokens") == 1
+    assert dict(sent[0]["headers"])[b"x-ratelimit-remaining-tokens"] == b"7"
+
+
 def test_rate_limit_applies_to_every_non_public_route() -> None:
     app = front_door(limits={"DEFAULT_RATE_LIMIT": "1"})
     first = call(app, "GET", "/debug/runtime", bearer(ADMIN))
