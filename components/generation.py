@@ -38,6 +38,7 @@ from components.vllm_bridge import Stream
 from components.vllm_hooks import client_chose_max_tokens, on_rendered
 
 Call = Callable[[Any, Request], Awaitable[Any]]
+_DONE = "data: [DONE]"
 
 
 class _Interrupts:
@@ -183,6 +184,12 @@ class GenerationResponse(Response):
             self._error = error
             await self._fail(error, write, ctx)
 
+    async def _settle_now(self, ctx: RequestContext) -> None:
+        """Settle as soon as the engine's count is known, before the last byte goes out: a
+        client's next request then sees its window as this one left it."""
+        if self._hold is not None:
+            await settle_quietly(self._hold, self._used(self._hold, ctx))
+
     async def _respond(self, result: Any, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
         ticket.engine_finished()
         ctx.usage = result.usage.model_dump() if getattr(result, "usage", None) else None
@@ -190,6 +197,7 @@ class GenerationResponse(Response):
         ctx.finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
         ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
         ctx.ttft_s = ttft_ms / 1000 if ttft_ms is not None else None
+        await self._settle_now(ctx)
         await write.json(json.dumps(result.model_dump(mode="json"), ensure_ascii=False).encode())
 
     async def _stream(self, stream: Stream, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
@@ -208,6 +216,9 @@ class GenerationResponse(Response):
                 if first:
                     first = False
                     ctx.ttft_s = time.perf_counter() - ctx.started
+                if event.startswith(_DONE) and stream.usage is not None:
+                    ctx.usage = stream.usage
+                    await self._settle_now(ctx)
                 await write({"type": "http.response.body", "body": event.encode(), "more_body": True})
             await write({"type": "http.response.body", "body": b""})
         finally:
