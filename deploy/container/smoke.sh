@@ -7,8 +7,9 @@
 # 3. builds the CPU bento and `bentoml containerize`s it on that base; torch==2.13.0+cpu is
 #    not on PyPI, so the wheel from pip's local find-links folder goes into the bento,
 # 4. runs the image as BentoML's non-root user with a port mapping, waits for /readyz, sends
-#    a chat completion with the openai client, `docker stop`s it (SIGTERM to PID 1) and
-#    checks that it drained and exited 0 within the grace period,
+#    a chat completion with the openai client, `docker stop`s it (SIGTERM to PID 1) while 4
+#    streams are in flight, and checks that they completed and that it exited 0 within the
+#    grace period (checks.sh: a failed check stops the script, whatever `set -e` does),
 # 5. removes the images and stops the daemon.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,6 +32,7 @@ command -v dockerd >/dev/null && command -v debootstrap >/dev/null || {
 
 cleanup() {
   set +e
+  [ -n "${streams:-}" ] && kill "$streams" 2>/dev/null
   docker rm -f llm-smoke >/dev/null 2>&1
   docker rmi -f "$IMAGE" "$BASE" llm-local/bookworm:minbase >/dev/null 2>&1
   if [ -f "$WORK/dockerd.pid" ]; then kill "$(cat "$WORK/dockerd.pid")"; sleep 3; fi
@@ -101,12 +103,43 @@ print("answer:", reply.choices[0].message.content)
 assert "Paris" in reply.choices[0].message.content
 EOF
 
-echo "== docker stop (SIGTERM to PID 1)"
+echo "== docker stop (SIGTERM to PID 1) with 4 streams in flight"
+rm -f "$WORK/streams.started"
+"$PY" - "$PORT" "$WORK/streams.started" <<'EOF' &
+import sys, threading, openai
+port, started_file = sys.argv[1:]
+client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-smoke-key", max_retries=0, timeout=120)
+first, finished = threading.Barrier(5), []
+def one():
+    stream = client.completions.create(model="gpt-4", prompt="Once upon a time", max_tokens=64, stream=True,
+                                       extra_body={"ignore_eos": True})
+    chunks, reason = 0, None
+    for chunk in stream:
+        chunks += 1
+        if chunks == 1:
+            first.wait(60)
+        if chunk.choices and chunk.choices[0].finish_reason:
+            reason = chunk.choices[0].finish_reason
+    finished.append(reason)
+threads = [threading.Thread(target=one) for _ in range(4)]
+for t in threads: t.start()
+first.wait(60)
+open(started_file, "w").close()
+for t in threads: t.join(120)
+print("streams finished:", finished)
+assert finished == ["length"] * 4, finished  # each ran to max_tokens
+EOF
+streams=$!
+for _ in $(seq 600); do [ -f "$WORK/streams.started" ] && break; sleep 0.1; done
+[ -f "$WORK/streams.started" ] || { echo "streams did not start"; exit 1; }
 started=$(date +%s)
 docker stop --time 60 llm-smoke >/dev/null
 elapsed=$(( $(date +%s) - started ))
 code=$(docker inspect -f '{{.State.ExitCode}}' llm-smoke)
 docker logs llm-smoke 2>&1 | grep -E "SIGTERM|drain" | tail -3 || true
 echo "exit code $code after ${elapsed}s"
-[ "$code" = "0" ] && [ "$elapsed" -lt 60 ]
+# shellcheck source=deploy/container/checks.sh
+source deploy/container/checks.sh
+stopped_cleanly "$code" "$elapsed" 60
+wait "$streams" || { echo "FAILED: a stream in flight did not complete through the drain"; exit 1; }
 echo "container smoke test passed"
