@@ -1,6 +1,6 @@
 """Priority classes under overload, one run on this machine.
 
-    .venv/bin/python benchmarks/priority.py [--seconds 90] [--overload 2.0]
+    .venv/bin/python benchmarks/priority.py [--seconds 90] [--overload 2.0] [--set NAME=VALUE] [--out priority]
 
 One real `bentoml serve` with a keys file of two keys: `interactive` and `batch`. Phases:
 
@@ -163,11 +163,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=90)
     parser.add_argument("--overload", type=float, default=2.0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a service setting for this run, e.g. PRIORITY_BATCH_SHARE=0.5 (repeatable)")
+    parser.add_argument("--out", default="priority", help="file name stem under docs/benchmarks")
     args = parser.parse_args()
+    settings = {**SETTINGS, **dict(item.split("=", 1) for item in args.set)}
     work = Path(tempfile.mkdtemp(prefix="priority-"))
     keys = work / "keys.yaml"
     keys.write_text(keys_yaml("batch"))
-    server = start_server(work, env={**SETTINGS, "KEYS_FILE": str(keys)}, name="priority")
+    server = start_server(work, env={**settings, "KEYS_FILE": str(keys)}, name="priority")
     try:
         server.wait_ready(timeout=900)
         base = server.url
@@ -182,7 +186,7 @@ def main() -> int:
         server.stop()
     figures = {
         "host": {**host_cpu(), "machine": platform.machine()},
-        "settings": SETTINGS, "seconds": args.seconds, "overload": args.overload,
+        "settings": settings, "seconds": args.seconds, "overload": args.overload,
         "capacity_rps": round(rate, 3), "arrival_rps": round(rate * args.overload, 3),
         "unloaded_ttft_p95_s": round(p95(quiet), 4), "unloaded_samples": len(quiet),
         "with_classes": with_classes, "fifo": fifo,
@@ -193,8 +197,8 @@ def main() -> int:
     figures["batch_completed_vs_fifo"] = round(share, 3)
     figures["passed"] = ratio <= 1.5 and share >= 0.7
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "priority.json").write_text(json.dumps(figures, indent=2) + "\n")
-    plot(figures, OUT / "priority.png")
+    (OUT / f"{args.out}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    plot(figures, OUT / f"{args.out}.png")
     print(json.dumps(figures, indent=2))
     return 0 if figures["passed"] else 1
 

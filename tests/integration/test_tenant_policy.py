@@ -68,8 +68,9 @@ def mount(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str, mount: Path) -> Iterator[list[Server]]:
     env = {"KEYS_FILE": str(mount / "keys.yaml"), "RATE_LIMIT_STORAGE_URI": redis_url, "REQUIRE_API_KEYS": "true",
            "DEFAULT_RATE_LIMIT": "100000", "MAX_NUM_SEQS": "8", "MAX_QUEUE_SIZE": "32", "MAX_QUEUED_PER_KEY": "32"}
-    log_dir = tmp_path_factory.mktemp("tenant")
-    started = [start_server(log_dir, env, name=f"replica-{i}") for i in range(2)]
+    # A home each: BentoML keeps its Prometheus files there, and replicas sharing it would
+    # each report the sum of both (as two pods never do).
+    started = [start_server(tmp_path_factory.mktemp(f"replica{i}"), env, name=f"replica-{i}") for i in range(2)]
     try:
         for server in started:  # both load at once
             server.wait_ready()
