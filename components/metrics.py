@@ -18,7 +18,8 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 THROUGHPUT_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 # Bounded label values: the routes we own, everything else is "other".
-ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime"})
+ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime", "/tokenize",
+                       "/detokenize", "/admin/usage"})
 
 
 def endpoint_label(path: str) -> str:

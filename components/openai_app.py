@@ -25,10 +25,17 @@ from components.ledger import Ledger, token_limits
 from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
 from components.validation import validate
-from components.vllm_bridge import OpenAIBridge, request_models, to_service_error, vllm_error_types
+from components.vllm_bridge import (
+    OpenAIBridge,
+    request_models,
+    to_service_error,
+    tokenizer_models,
+    vllm_error_types,
+)
 
 logger = logging.getLogger(__name__)
 ChatCompletionRequest, CompletionRequest, _ = request_models()
+TokenizeRequest, DetokenizeRequest = tokenizer_models()
 
 
 def build_aliases(served: str, configured: dict[str, str]) -> dict[str, str]:
@@ -123,6 +130,21 @@ def build_openai_app(
             raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
                                 param="model")
         return model_card(model_id)
+
+    # The tokenizer of the engine, without an engine slot (nothing is generated): still
+    # behind keys, rate limits and the body limit, like every route.
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        resolve_model(body, request_context(request.scope).policy)
+        messages = getattr(body, "messages", None)
+        if messages is not None and len(messages) > limits.max_messages:
+            raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
+        return (await bridge.tokenize(body, request)).model_dump()  # type: ignore[no-any-return]
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        resolve_model(body, request_context(request.scope).policy)
+        return (await bridge.detokenize(body, request)).model_dump()  # type: ignore[no-any-return]
 
     if usage_report is not None:
 

@@ -16,6 +16,7 @@ from components.errors import (
     ContextLengthExceeded,
     EngineDead,
     EngineOutOfMemory,
+    InvalidRequest,
     ModelNotFound,
     ServiceError,
     ServingFailure,
@@ -44,6 +45,13 @@ def request_models() -> tuple[type, type, type]:
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
     return ChatCompletionRequest, CompletionRequest, StreamOptions
+
+
+def tokenizer_models() -> tuple[Any, type]:
+    """vLLM's request models of /tokenize (completion or chat form) and /detokenize."""
+    from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+
+    return TokenizeRequest, DetokenizeRequest
 
 
 def vllm_error_types() -> tuple[type[Exception], ...]:
@@ -230,6 +238,24 @@ class OpenAIBridge:
         if handler is None:
             raise from_status(501, "This model does not support completions.")
         return await self._call(handler.create_completion, body, raw_request)
+
+    async def tokenize(self, body: Any, raw_request: Request) -> Any:
+        return await self._call(self._tokenization().create_tokenize, body, raw_request)
+
+    async def detokenize(self, body: Any, raw_request: Request) -> Any:
+        handler = self._tokenization()
+        vocabulary = len(handler.renderer.get_tokenizer())
+        if any(token >= vocabulary for token in body.tokens):
+            # The tokenizer would fail with an IndexError (a 500) on an id it does not have.
+            raise InvalidRequest(f"Every token id must be below {vocabulary}, the tokenizer's vocabulary size.",
+                                 param="tokens")
+        return await self._call(handler.create_detokenize, body, raw_request)
+
+    def _tokenization(self) -> Any:
+        handler = getattr(self._state, "serving_tokenization", None)
+        if handler is None:
+            raise from_status(501, "This model has no tokenizer to expose.")
+        return handler
 
     async def _call(self, method: Any, body: Any, raw_request: Request) -> Any:
         """A response model (pydantic), or a `Stream`; raises ServiceError."""

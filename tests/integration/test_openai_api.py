@@ -191,3 +191,28 @@ def test_request_id_is_returned_and_client_value_kept(http: httpx.Client) -> Non
     assert mine.headers["x-request-id"] == "abc-123"
     generated = http.get("/v1/models", headers={"x-request-id": "bad id;x"})
     assert generated.headers["x-request-id"] != "bad id;x" and len(generated.headers["x-request-id"]) == 32
+
+
+def test_tokenize_and_detokenize_round_trip(http) -> None:  # type: ignore[no-untyped-def]
+    text = "The capital of France is Paris."
+    tokens = http.post("/tokenize", json={"model": "gpt-4", "prompt": text, "add_special_tokens": False}).json()
+    assert tokens["count"] == len(tokens["tokens"]) > 0 and tokens["max_model_len"] > 0
+    back = http.post("/detokenize", json={"model": "gpt-4", "tokens": tokens["tokens"]})
+    assert back.status_code == 200 and back.json()["prompt"] == text
+
+
+def test_tokenize_counts_a_chat_as_the_engine_does(http, client) -> None:  # type: ignore[no-untyped-def]
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    counted = http.post("/tokenize", json={"model": "gpt-4", "messages": messages}).json()["count"]
+    usage = client.chat.completions.create(model="gpt-4", messages=messages, max_tokens=1).usage
+    assert counted == usage.prompt_tokens
+
+
+def test_tokenizer_routes_refuse_bad_input_cleanly(http, server) -> None:  # type: ignore[no-untyped-def]
+    assert httpx.post(f"{server.url}/tokenize", json={"prompt": "hi"}, timeout=10).status_code == 401
+    unknown = http.post("/tokenize", json={"model": "no-such-model", "prompt": "hi"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    for tokens in ([10**9], [-1], "abc"):
+        bad = http.post("/detokenize", json={"model": "gpt-4", "tokens": tokens})
+        assert bad.status_code == 400, (tokens, bad.status_code, bad.text)
+        assert set(bad.json()["error"]) == {"message", "type", "param", "code"}

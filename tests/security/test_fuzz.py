@@ -24,7 +24,8 @@ def operations(server):  # type: ignore[no-untyped-def]
 
 def test_schema_has_our_operations(operations) -> None:  # type: ignore[no-untyped-def]
     labels = {op.label for op in operations}
-    assert {"POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models"} <= labels
+    assert {"POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "POST /tokenize",
+            "POST /detokenize"} <= labels
 
 
 def test_no_server_errors(operations, server) -> None:  # type: ignore[no-untyped-def]
