@@ -146,6 +146,8 @@ def resolve_spec(
         "--dtype", dtype,
         # The engine's own time to first token in non-streaming responses (`metrics`).
         "--enable-per-request-metrics",
+        # usage.prompt_tokens_details.cached_tokens: the prompt tokens the prefix cache served.
+        "--enable-prompt-tokens-details",
         # Each request carries its key's class (keys file); all equal, this is FIFO.
         "--scheduling-policy", "priority",
     ]

@@ -7,6 +7,7 @@ import json
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from components import bundled_model
 
@@ -216,3 +217,35 @@ def test_tokenizer_routes_refuse_bad_input_cleanly(http, server) -> None:  # typ
         bad = http.post("/detokenize", json={"model": "gpt-4", "tokens": tokens})
         assert bad.status_code == 400, (tokens, bad.status_code, bad.text)
         assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
+
+
+class Capital(BaseModel):
+    country: str
+    city: str
+
+
+def test_structured_output_parses_into_a_pydantic_model(client) -> None:  # type: ignore[no-untyped-def]
+    completion = client.chat.completions.parse(
+        model="gpt-4", temperature=0, max_tokens=60, response_format=Capital,
+        messages=[{"role": "user", "content": "Give the country France and its capital as JSON."}],
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Capital) and parsed.country and parsed.city
+
+
+def test_json_object_mode_returns_json(client) -> None:  # type: ignore[no-untyped-def]
+    reply = client.chat.completions.create(
+        model="gpt-4", temperature=0, max_tokens=60, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": "Reply with a JSON object with a key 'capital' for France."}],
+    )
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+def test_usage_reports_prompt_tokens_served_by_the_prefix_cache(client) -> None:  # type: ignore[no-untyped-def]
+    # Long enough to fill whole cache blocks; a second identical prompt finds them cached.
+    prompt = "Here is a list of European capitals and their countries. " * 40
+    first = client.completions.create(model="gpt-4", prompt=prompt, max_tokens=1, temperature=0)
+    second = client.completions.create(model="gpt-4", prompt=prompt, max_tokens=1, temperature=0)
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens > 256
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached <= second.usage.prompt_tokens, second.usage
