@@ -113,7 +113,7 @@ async def disconnect_storm(url: str, until: float, statuses: Counter[int]) -> No
 
 
 async def fan_out(url: str, until: float, statuses: Counter[int]) -> None:
-    body = {"prompt": ["a", "b"], "max_tokens": 64, "ignore_eos": True}  # 2 sequences: over the share, a 400
+    body = {"prompt": ["a", "b"], "max_tokens": 64, "ignore_eos": True}  # 2 sequences: the whole share
     async with httpx.AsyncClient(timeout=60) as client:
         while time.monotonic() < until:
             response = await client.post(f"{url}/v1/completions", json=body, headers=auth(HOSTILE))
@@ -122,9 +122,8 @@ async def fan_out(url: str, until: float, statuses: Counter[int]) -> None:
 
 
 def stalled_reader(port: int) -> socket.socket:
-    # Big events (top-20 logprobs for every token) fill the socket quickly; one sequence,
-    # the key's whole share, held until the stall limit cuts it off.
-    body = json.dumps({**LONG, "max_tokens": 3000, "logprobs": 20, "stream": True}).encode()
+    # Big events (2 sequences, top-20 logprobs for every token) fill the socket quickly.
+    body = json.dumps({**LONG, "max_tokens": 3000, "n": 2, "logprobs": 20, "stream": True}).encode()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
