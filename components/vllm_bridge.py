@@ -202,15 +202,18 @@ class OpenAIBridge:
     async def create(cls, engine: AsyncLLM, args: Namespace) -> OpenAIBridge:
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.openai.chat_completion import serving as chat_serving
+        from vllm.entrypoints.openai.completion import serving as completion_serving
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-        install_context_check()
+        install_context_check((chat_serving, completion_serving))
         state = State()
         tasks = await engine.get_supported_tasks()
         await init_app_state(engine, state, args, tasks)
         for handler, method in ((state.openai_serving_chat, "render_chat_request"),
                                 (state.openai_serving_completion, "render_completion_request")):
             if handler is not None:
-                report_rendered(handler, method)
+                report_rendered(handler, method, ErrorResponse)
         served = args.served_model_name[0] if args.served_model_name else args.model
         return cls(state, served)
 

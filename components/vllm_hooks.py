@@ -1,9 +1,10 @@
 """Hooks into vLLM 0.32's OpenAI serving layer (internal API, pinned): the strict context
-check and the point where the prompts' exact token counts are known. Installed by the bridge."""
+check and the point where the prompts' exact token counts are known. The bridge installs
+them and hands in vLLM's objects: this module imports nothing of vLLM's."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -35,17 +36,14 @@ def _reject_past_the_context(original: Any) -> Any:
     return strict
 
 
-def install_context_check() -> None:
+def install_context_check(serving_modules: Iterable[Any]) -> None:
     # vLLM 0.32's chat and completion serving modules import `get_max_tokens` by name and
     # call it once per prompt, with the prompt's exact token count: the one place where the
     # length is known before the engine sees the request.
-    from vllm.entrypoints.openai.chat_completion import serving as chat_serving
-    from vllm.entrypoints.openai.completion import serving as completion_serving
-
-    for module in (chat_serving, completion_serving):
-        original = module.get_max_tokens  # type: ignore[attr-defined]
+    for module in serving_modules:
+        original = module.get_max_tokens
         if not hasattr(original, "__wrapped__"):
-            module.get_max_tokens = _reject_past_the_context(original)  # type: ignore[attr-defined]
+            module.get_max_tokens = _reject_past_the_context(original)
 
 
 # Set by the generation path for a request with token limits: awaited with the exact prompt
@@ -54,12 +52,11 @@ def install_context_check() -> None:
 on_rendered: ContextVar[Callable[[list[int], int], Awaitable[None]] | None] = ContextVar("on_rendered", default=None)
 
 
-def report_rendered(handler: Any, method_name: str) -> None:
+def report_rendered(handler: Any, method_name: str, error_type: type) -> None:
     """Wrap vLLM 0.32's `render_chat_request`/`render_completion_request` of one handler:
     the only async point where the prompts' exact token counts (from the engine's own
-    renderer and tokenizer) are known and nothing has reached the engine yet."""
-    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-
+    renderer and tokenizer) are known and nothing has reached the engine yet. `error_type`:
+    vLLM's ErrorResponse, which a render returns instead of raising."""
     original = getattr(handler, method_name)
     if hasattr(original, "__wrapped__"):
         return
@@ -67,7 +64,7 @@ def report_rendered(handler: Any, method_name: str) -> None:
     async def render(request: Any) -> Any:
         result = await original(request)
         callback = on_rendered.get()
-        if callback is not None and not isinstance(result, ErrorResponse):
+        if callback is not None and not isinstance(result, error_type):
             inputs = result[1] if isinstance(result, tuple) else result
             await callback([handler._extract_prompt_len(each) for each in inputs], handler.model_config.max_model_len)
         return result

@@ -12,7 +12,7 @@ COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 # Core modules: everything else builds on them; they import nothing of ours.
 CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact"}
 # The two modules that know vLLM: its engine (engine.py) and its OpenAI layer (the bridge).
-VLLM_MODULES = {"engine", "vllm_bridge", "vllm_hooks"}
+VLLM_MODULES = {"engine", "vllm_bridge"}
 # The edge: what a request meets before any engine work; never the engine side.
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway",
         "keys", "keys_file", "ledger"}
