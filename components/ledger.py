@@ -122,6 +122,7 @@ class Ledger:
                  fail_open: bool = True) -> None:
         self._clock = clock
         self._counts: dict[str, tuple[int, float]] = {}  # key -> (tokens, expires at)
+        self._next_prune = 0.0
         self._on_error = on_storage_error or (lambda: None)
         self.fail_open = fail_open
 
@@ -184,7 +185,10 @@ class Ledger:
         return count if expires > now else 0
 
     def _prune(self, now: float) -> None:
-        if len(self._counts) > 1000:
+        # At most once a minute: with many keys' live buckets above the size bound, a scan
+        # on every reservation would put O(keys) work on the request path.
+        if len(self._counts) > 1000 and now >= self._next_prune:
+            self._next_prune = now + MINUTE
             self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
 
     async def close(self) -> None:
