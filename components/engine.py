@@ -47,11 +47,17 @@ async def start_engine(args: Namespace) -> AsyncLLM:
 
 
 async def warm_up(engine: AsyncLLM, max_tokens: int = 4) -> float:
-    """A short generation, so that the first user request does not pay for lazy init."""
+    """A short generation, so that the first user request does not pay for lazy init.
+
+    It asks for logprobs: vLLM's sampler ranks sampled tokens with a function under
+    `torch.compile` (`vllm/v1/sample/ops/logprobs.py`), compiled on first use. Left to the
+    first client that asks for logprobs, that compile stopped every tenant's generation
+    for about 4 s on a 2-core host; here it happens before the service is ready.
+    """
     from vllm import SamplingParams
 
     started = time.monotonic()
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=1)
     async for _ in engine.generate("Hello", params, request_id=f"warmup-{time.time_ns()}"):
         pass
     elapsed = time.monotonic() - started

@@ -120,7 +120,7 @@ def start_server(log_dir: Path, env: dict[str, str] | None = None, name: str = "
 def host_cpu() -> dict[str, object]:
     """The CPU every committed figure is recorded beside: model, the vector and matrix
     flags that decide speed here (AVX-512, AMX, native bfloat16), cores."""
-    model, flags = "unknown", set()
+    model, flags = "unknown", set[str]()
     with open("/proc/cpuinfo") as info:
         for line in info:
             if line.startswith("model name") and model == "unknown":

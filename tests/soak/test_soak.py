@@ -1,9 +1,9 @@
 """Hostile-tenant soak: one key attacks while another works, against the real service.
 
-The hostile key, all at once and for SOAK_SECONDS: stalled readers (sockets that stop
-reading), long generations that hit the time limit, disconnect storms, prompt-list fan-out;
-and keyless clients abort uploads mid-body. Meanwhile the polite key sends ordinary chat
-requests one after another. Loopback only; every loop stops by itself.
+The hostile key, all at once and for SOAK_SECONDS: silent readers (sockets that read
+nothing and close after 10 s), long generations, disconnect storms, prompt-list fan-out;
+and keyless clients abort uploads mid-body. Meanwhile the polite key, from a process of its
+own, sends ordinary chat requests one after another. Loopback only; every loop stops by itself.
 
 Passes when the polite key's success rate is >= 99 % and its TTFT p95 <= 2x its unloaded
 p95, the breaker never opens, nothing answers 5xx except intended 503s with retry-after, and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -22,6 +23,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -31,8 +33,10 @@ from harness.server import Server, host_cpu, running_server
 
 HOSTILE, POLITE = "sk-soak-hostile-5a1e", "sk-soak-polite-c07b"
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
-# The settings this soak recommends (README, "Fair sharing"): one key may hold a quarter of
-# the engine's sequences, so a hostile key slows the others by a bounded amount.
+# The settings this soak recommends (docs/operations.md, "Hostile-tenant soak"): one key may
+# hold a quarter of the engine's sequences, so a hostile key slows the others by a bounded
+# amount; and on a CPU host one core stays off the engine's compute threads, so the HTTP side
+# (the other key's request, the attacker's traffic) never preempts the engine mid-step.
 SETTINGS = {
     "MAX_NUM_SEQS": "8",
     "MAX_QUEUE_SIZE": "16",
@@ -41,6 +45,7 @@ SETTINGS = {
     "STREAM_STALL_TIMEOUT_SECONDS": "5",
     "QUEUE_TIMEOUT_SECONDS": "10",
     "BREAKER_MIN_CALLS": "4",
+    "CPU_RESERVED_CORES": "1",
 }
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "soak.json"
 CHAT = {"model": "gpt-4", "max_tokens": 16, "stream": True, "temperature": 0,
@@ -79,6 +84,14 @@ async def polite_loop(url: str, until: float, results: list[tuple[int, float | N
     async with httpx.AsyncClient(timeout=120) as client:
         while time.monotonic() < until:
             results.append(await polite_request(client, url))
+
+
+def polite_run(url: str, seconds: float) -> list[tuple[int, float | None, str]]:
+    """The polite key's loop in a process of its own: its clock is not held up by the
+    attack's client loops, which on one host share its event loop otherwise."""
+    results: list[tuple[int, float | None, str]] = []
+    asyncio.run(polite_loop(url, time.monotonic() + seconds, results))
+    return results
 
 
 def record(statuses: Counter[int], response: httpx.Response) -> None:
@@ -170,10 +183,31 @@ def in_progress(server: Server) -> float:
                if line.startswith("bentoml_service_request_in_progress{"))
 
 
+def test_first_logprobs_request_does_not_stall_the_engine(server: Server) -> None:
+    """vLLM compiles its logprobs ranking on first use, and every tenant's generation
+    stops meanwhile (about 4 s on this machine kind, against 0.25 s for the request); the
+    engine warm-up does it before the service is ready. Runs first on this module's fresh
+    server and compares, side by side, the first logprobs request with the next one."""
+    plain = {"prompt": "Once upon a time", "max_tokens": 2, "temperature": 0}
+    httpx.post(f"{server.url}/v1/completions", json=plain, headers=auth(POLITE), timeout=60).raise_for_status()
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        response = httpx.post(f"{server.url}/v1/completions", json={**plain, "logprobs": 5}, headers=auth(POLITE),
+                              timeout=60)
+        seconds.append(time.perf_counter() - started)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["logprobs"]["top_logprobs"], response.text
+    assert seconds[0] < 3 * seconds[1], seconds
+
+
 def test_hostile_tenant_soak(server: Server) -> None:
     url = server.url
-    baseline: list[tuple[int, float | None, str]] = []
-    asyncio.run(polite_loop(url, time.monotonic() + 20, baseline))
+    polite_client = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    # Not measured: the client process's own first requests, and the service's first
+    # seconds after ready (slower than its steady state, so they would flatter the ratio).
+    polite_client.submit(polite_run, url, 10).result()
+    baseline = polite_client.submit(polite_run, url, 20).result()
     unloaded = [t for s, t, _ in baseline if s == 200 and t is not None]
     assert len(unloaded) >= 5, baseline
 
@@ -189,19 +223,24 @@ def test_hostile_tenant_soak(server: Server) -> None:
                 breaker_states.add((await asyncio.to_thread(snapshot, server))["circuit_breaker_state"])
                 await asyncio.sleep(1)
 
-        results = await asyncio.gather(
-            polite_loop(url, until, polite),
+        async def polite_loop_elsewhere() -> None:
+            polite.extend(await asyncio.wrap_future(polite_client.submit(polite_run, url, until - time.monotonic())))
+
+        counted = asyncio.gather(stalled_readers(server.port, until), aborted_uploads(server.port, until))
+        await asyncio.gather(
+            polite_loop_elsewhere(),
             long_generations(url, until, hostile),
             long_generations(url, until, hostile),
             disconnect_storm(url, until, hostile),
             fan_out(url, until, hostile),
-            stalled_readers(server.port, until),
-            aborted_uploads(server.port, until),
+            counted,
             watch_breaker(),
         )
-        return results[5], results[6]
+        silent, aborted = counted.result()
+        return silent, aborted
 
-    stalled, uploads = asyncio.run(attack())
+    with polite_client:
+        stalled, uploads = asyncio.run(attack())
 
     ok = [t for s, t, last in polite if s == 200 and t is not None and last == "data: [DONE]"]
     success = len(ok) / len(polite)
