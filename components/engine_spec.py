@@ -135,7 +135,12 @@ def resolve_spec(
             threads_reason += f"; lowered from {reserved}, this host has {cores} core(s)"
             reserved = cores - 1
         engine_env = {"VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kvcache_space_gib),
-                      "VLLM_CPU_NUM_OF_RESERVED_CPU": str(reserved)}
+                      "VLLM_CPU_NUM_OF_RESERVED_CPU": str(reserved),
+                      # vLLM's sampler compiles small functions with torch's inductor, which
+                      # needs a C++ compiler on a CPU; our image has none, and the failed
+                      # compile killed the engine on the first logprobs request. Torch runs
+                      # such a function eagerly instead (same result).
+                      "TORCHDYNAMO_SUPPRESS_ERRORS": "1"}
         threads_reason = f"{cores - reserved} compute thread(s), {reserved} core(s) reserved: {threads_reason}"
 
     args = [

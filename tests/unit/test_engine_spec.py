@@ -121,6 +121,11 @@ def test_cpu_threads_use_every_core_on_small_hosts_and_keep_vllms_default_on_big
     assert resolve_spec(engine_settings(), gpu_count=1, cpu_cores=2).engine_env == {}
 
 
+def test_cpu_engine_runs_uncompilable_functions_eagerly() -> None:
+    # Without a C++ compiler (our CPU image) inductor fails; that must not kill the engine.
+    assert resolve_spec(engine_settings(), gpu_count=0, cpu_cores=2).engine_env["TORCHDYNAMO_SUPPRESS_ERRORS"] == "1"
+
+
 def test_explicit_reserved_cores_win_but_leave_one_core_to_compute() -> None:
     spec = resolve_spec(engine_settings(CPU_RESERVED_CORES="1"), gpu_count=0, cpu_cores=2)
     assert reserved_of(spec) == "1" and "CPU_RESERVED_CORES is set" in spec.threads_reason
