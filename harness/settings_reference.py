@@ -40,7 +40,7 @@ DESCRIPTIONS: dict[str, str] = {
     'TOOL_CALL_PARSER': 'vLLM tool-call parser; `none` disables tool parsing (unset: by model family)',
     'CUDA_VISIBLE_DEVICES': 'which GPU(s) the engine sees (read by CUDA itself)',
     'TRUST_REMOTE_CODE': 'allow model repos with custom code',
-    'ENGINE_WARMUP': 'run a short generation before reporting ready',
+    'ENGINE_WARMUP': 'run a short generation (with logprobs, which vLLM compiles on first use) before reporting ready',
     'MODEL_ALIASES': 'extra aliases, `alias=<served name>,...`',
     'MAX_REQUEST_BYTES': 'largest accepted request body (413 beyond)',
     'MAX_N': 'largest `n`',
