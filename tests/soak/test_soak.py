@@ -61,6 +61,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
 
 
+@pytest.fixture
+def polite_client() -> Iterator[ProcessPoolExecutor]:
+    """The polite key's own process: its clock is not held up by the attack's client loops,
+    which on one host would share its event loop otherwise."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
 def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
@@ -87,8 +95,6 @@ async def polite_loop(url: str, until: float, results: list[tuple[int, float | N
 
 
 def polite_run(url: str, seconds: float) -> list[tuple[int, float | None, str]]:
-    """The polite key's loop in a process of its own: its clock is not held up by the
-    attack's client loops, which on one host share its event loop otherwise."""
     results: list[tuple[int, float | None, str]] = []
     asyncio.run(polite_loop(url, time.monotonic() + seconds, results))
     return results
@@ -201,9 +207,8 @@ def test_first_logprobs_request_does_not_stall_the_engine(server: Server) -> Non
     assert seconds[0] < 3 * seconds[1], seconds
 
 
-def test_hostile_tenant_soak(server: Server) -> None:
+def test_hostile_tenant_soak(server: Server, polite_client: ProcessPoolExecutor) -> None:
     url = server.url
-    polite_client = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     # Not measured: the client process's own first requests, and the service's first
     # seconds after ready (slower than its steady state, so they would flatter the ratio).
     polite_client.submit(polite_run, url, 10).result()
@@ -240,8 +245,7 @@ def test_hostile_tenant_soak(server: Server) -> None:
         silent, aborted = counted.result()
         return silent, aborted
 
-    with polite_client:
-        stalled, uploads = asyncio.run(attack())
+    stalled, uploads = asyncio.run(attack())
 
     ok = [t for s, t, last in polite if s == 200 and t is not None and last == "data: [DONE]"]
     success = len(ok) / len(polite)

@@ -67,3 +67,22 @@ def test_settling_more_than_reserved_charges_what_was_used() -> None:
         assert (await ledger.used("a", TokenLimits()))["minute"][0] == 70
 
     asyncio.run(scenario())
+
+
+def test_expired_buckets_are_dropped_but_not_scanned_for_on_every_reservation() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        ledger = Ledger(clock=clock)
+        limits = TokenLimits(per_minute=10)
+        for i in range(1100):  # past the size bound: the first scan happens here
+            await ledger.reserve(f"k{i}", 1, limits)
+        buckets_now = ledger._counts
+        await ledger.reserve("k-next", 1, limits)
+        # Within the minute no rescan (a rescan builds a new dict): O(keys) work per
+        # reservation would sit on the request path.
+        assert ledger._counts is buckets_now
+        clock.now += 3 * 86_400  # every bucket, the day's included, has expired
+        await ledger.reserve("k-late", 1, limits)
+        assert len(ledger._counts) == 2  # memory stays bounded: k-late's minute and day
+
+    asyncio.run(scenario())
