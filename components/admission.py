@@ -5,9 +5,9 @@ beyond that.
 Per key: at most `running_per_key` sequences in the engine (more of its requests wait) and
 at most `queued_per_key` requests waiting (429 beyond), so one key cannot take every queue
 place. Whenever capacity frees up or a request arrives, waiting requests are started in
-order of their priority class (interactive, standard, batch; a request waiting
-`aging_s` rises one class, so none starves), then of their key's running sequences (fewest
-first), oldest first within a key; any request that fits is started, so a large request
+order of their priority class (interactive, standard, batch; a request waiting `aging_s`
+while its key has nothing running rises one class, so none starves), then of their key's
+running sequences (fewest first), oldest first within a key; any request that fits is started, so a large request
 cannot hold back smaller ones while capacity sits idle. The batch class may hold at most
 `low_share` of the capacity, so a request of a higher class finds room at once.
 
@@ -170,10 +170,14 @@ class Admission:
                 and (not low or self.running_low + cost <= self.low_capacity))
 
     def _rank(self, waiter: _Waiter, now: float) -> tuple[float, int, float]:
-        """Class first (aged by its wait), then the key's running sequences, then age."""
-        steps = int((now - waiter.since) / self.aging_s) if self.aging_s else 0
+        """Class first (aged by its wait), then the key's running sequences, then age. Only a
+        key with nothing running ages: aging is against starvation, and a key whose
+        sequences run is not starving; were it to age, a busy key's old queued requests
+        would outrank another key's fresh ones and defeat the fairness between keys."""
+        running = self.running_for(waiter.key)
+        steps = int((now - waiter.since) / self.aging_s) if self.aging_s and not running else 0
         aged = waiter.priority - STANDARD * steps
-        return aged, self.running_for(waiter.key), waiter.since
+        return aged, running, waiter.since
 
     def _release(self, key: str, cost: int, low: bool = False) -> None:
         self.running -= cost

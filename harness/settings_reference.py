@@ -54,7 +54,7 @@ DESCRIPTIONS: dict[str, str] = {
     'KEYS_FILE': 'path of the keys file (YAML, per-key policy, reloaded without a restart: README, "Keys file"); instead of `API_KEYS`/`ADMIN_API_KEYS`, not with them; a bad file stops startup with one line naming the entry',
     'KEYS_RELOAD_SECONDS': 'how often the keys file is read for changes (a change applies within this plus one read)',
     'PRIORITY_BATCH_SHARE': 'the share of `MAX_NUM_SEQS` that keys of the `batch` class may hold together; the rest stays free for `interactive` and `standard` requests',
-    'PRIORITY_AGING_SECONDS': 'a queued request rises one priority class per this many seconds of waiting, so no class starves (`0`: never)',
+    'PRIORITY_AGING_SECONDS': 'a queued request whose key has nothing running rises one priority class per this many seconds of waiting, so no class starves (`0`: never)',
     'REQUIRE_API_KEYS': '`true`: startup stops when neither `API_KEYS` nor `KEYS_FILE` is set (the bentos and images set it; `make serve` does not)',
     'DEFAULT_RATE_LIMIT': 'requests per window per key (per client IP when auth is off); `0` = no limit',
     'RATE_LIMIT_WINDOW_MINUTES': 'the window; fractions allowed (`0.25` = 15 s)',

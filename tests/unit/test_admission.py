@@ -239,3 +239,32 @@ def test_a_higher_class_starts_first_and_aging_keeps_the_lower_from_starving() -
         assert order == ["batch", "interactive"]
 
     asyncio.run(scenario())
+
+
+def test_aging_does_not_let_a_busy_key_overtake_another_key() -> None:
+    # Aging is against starvation: a key with sequences running is not starving, so its
+    # queued requests, however old, do not outrank another key's fresh request of the same
+    # class (CI saw this: a greedy key's queued streams aged past the polite key's request).
+    async def scenario() -> None:
+        clock = Clock()
+        admission = Admission(capacity=2, max_waiting=8, max_wait_s=WAIT, aging_s=10, clock=clock)
+        greedy = [await admission.acquire("greedy"), await admission.acquire("greedy")]
+        order: list[str] = []
+
+        async def wait(key: str) -> None:
+            slot = await admission.acquire(key)
+            order.append(key)
+            slot.release()
+
+        queued = asyncio.ensure_future(wait("greedy"))
+        await asyncio.sleep(0)
+        clock.now += 25  # the greedy key's queued request is two aging steps old
+        polite = asyncio.ensure_future(wait("polite"))
+        await asyncio.sleep(0)
+        greedy[0].release()
+        assert admission.running_for("polite") == 1 and admission.queued_for("greedy") == 1
+        greedy[1].release()
+        await asyncio.gather(queued, polite)
+        assert order == ["polite", "greedy"]
+
+    asyncio.run(scenario())
