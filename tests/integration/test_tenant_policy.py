@@ -99,8 +99,9 @@ def prompt_tokens(server: Server) -> int:
     return complete(server, KEY_STREAM, 1).json()["usage"]["prompt_tokens"]
 
 
-def fresh_minute(margin_s: float = 25) -> None:
-    """The token window is this minute: start where the burst cannot straddle two."""
+def fresh_minute(margin_s: float = 55) -> None:
+    """The token window is this minute: start where the burst cannot straddle two, at the
+    top of a minute (a burst on two replicas of a slow host has taken over 25 s)."""
     assert wait_until(lambda: time.time() % 60 < 60 - margin_s, 60, interval=0.5)
 
 
@@ -125,7 +126,7 @@ def test_token_limit_holds_across_two_replicas(replicas: list[Server]) -> None:
 def test_a_dropped_stream_is_charged_what_it_used(replicas: list[Server]) -> None:
     server = replicas[1]
     prompt = prompt_tokens(server)
-    fresh_minute(margin_s=20)
+    fresh_minute()
     before = usage(server, "tenant-drop")["minute"]["tokens"]
     events = []
     body = {"model": "gpt-4", "prompt": PROMPT, "max_tokens": 400, "ignore_eos": True, "stream": True}
