@@ -66,4 +66,5 @@ class AuthMiddleware:
             return
         message = refusal or ("Missing API key." if presented is None else "Invalid API key.")
         ctx.error_type = "invalid_api_key"
-        await send_error(send, AuthenticationFailed(message + " Send it as 'Authorization: Bearer <key>'."))
+        how = " Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+        await send_error(send, AuthenticationFailed(message + how))

@@ -165,6 +165,23 @@ def render_sse(error: ServiceError) -> str:
     return f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\ndata: [DONE]\n\n"
 
 
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors), for
+# the Anthropic Messages routes.
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    503: "overloaded_error", 504: "timeout_error"}
+
+
+def anthropic_body(status: int, message: str) -> dict[str, Any]:
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def render_anthropic_sse(error: ServiceError) -> str:
+    """An error inside an Anthropic stream, as Anthropic sends it."""
+    return f"event: error\ndata: {json.dumps(anthropic_body(error.status, error.message), ensure_ascii=False)}\n\n"
+
+
 _STATUS_CLASSES: dict[int, type[ServiceError]] = {
     400: InvalidRequest,
     401: AuthenticationFailed,

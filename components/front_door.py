@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp
 
 from components.access_log import AccessLogMiddleware
+from components.anthropic_errors import AnthropicErrors
 from components.auth import AuthMiddleware, public_paths
 from components.health import HealthMiddleware, StatusSource
 from components.keys_file import PolicySource
@@ -42,7 +43,8 @@ class FrontDoor:
         """Outermost first. The request id comes first so that every answer, refusals
         included, carries one; the access log sees every outcome. CORS sits outside
         everything that refuses, so that 431/405/401/403/429 carry CORS headers (browsers
-        hide responses without them). What refuses on the headers alone comes before the
+        hide responses without them); inside it, the Anthropic routes' errors take Anthropic's
+        shape, refusals included. What refuses on the headers alone comes before the
         body limit, so a refused request is refused without reading its body. Health is
         innermost: BentoML answers /livez and /readyz, we give them JSON bodies."""
         public = public_paths(self.protect_metrics)
@@ -50,6 +52,7 @@ class FrontDoor:
             RequestIdMiddleware,
             lambda a: AccessLogMiddleware(a, self.metrics, enabled=self.access_log),
             lambda a: cors(a, self.cors_origins),
+            AnthropicErrors,
             lambda a: HeaderLimitMiddleware(a, self.max_header_bytes),
             lambda a: PublicMethodsMiddleware(a, public),
             lambda a: AuthMiddleware(a, self.keys, protect_metrics=self.protect_metrics),

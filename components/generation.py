@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -39,6 +40,18 @@ from components.vllm_hooks import client_chose_max_tokens, on_rendered
 
 Call = Callable[[Any, Request], Awaitable[Any]]
 _DONE = "data: [DONE]"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a route's answers look: a finished generation's body, and an error event inside
+    a stream. OpenAI's by default; components/anthropic.py builds Anthropic's."""
+
+    body: Callable[[Any], Any] = lambda result: result.model_dump(mode="json")
+    stream_error: Callable[[ServiceError], str] = render_sse
+
+
+OPENAI = Dialect()
 
 
 class _Interrupts:
@@ -118,8 +131,9 @@ class _Writer:
 class GenerationResponse(Response):
     def __init__(
         self, generation: Generation, request: Request, call: Call, gate: Gate, stall_timeout_s: float,
-        ledger: Ledger | None = None,
+        ledger: Ledger | None = None, dialect: Dialect = OPENAI,
     ) -> None:
+        self.dialect = dialect
         self.generation = generation
         self.request = request
         self.call = call
@@ -198,7 +212,7 @@ class GenerationResponse(Response):
         ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
         ctx.ttft_s = ttft_ms / 1000 if ttft_ms is not None else None
         await self._settle_now(ctx)
-        await write.json(json.dumps(result.model_dump(mode="json"), ensure_ascii=False).encode())
+        await write.json(json.dumps(self.dialect.body(result), ensure_ascii=False).encode())
 
     async def _stream(self, stream: Stream, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
         stream.forward_usage = self.generation.forward_usage
@@ -241,6 +255,6 @@ class GenerationResponse(Response):
                 # every wrapper's wait, BentoML's timeout middleware included.
                 await send_error(write, error)
             elif not isinstance(error, ClientClosed):
-                await write({"type": "http.response.body", "body": render_sse(error).encode()})
+                await write({"type": "http.response.body", "body": self.dialect.stream_error(error).encode()})
         except StreamStalled:
             return

@@ -19,7 +19,7 @@ THROUGHPUT_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 # Bounded label values: the routes we own, everything else is "other".
 ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime", "/tokenize",
-                       "/detokenize", "/admin/usage"})
+                       "/detokenize", "/admin/usage", "/v1/messages", "/v1/messages/count_tokens"})
 
 
 def endpoint_label(path: str) -> str:

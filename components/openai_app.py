@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from components.anthropic import Messages
+from components.anthropic import request_models as anthropic_models
 from components.context import request_context
 from components.errors import (
     InvalidRequest,
@@ -20,7 +22,7 @@ from components.errors import (
     from_status,
     render_json,
 )
-from components.generation import Call, GenerationResponse
+from components.generation import OPENAI, Call, Dialect, GenerationResponse
 from components.ledger import Ledger, token_limits
 from components.lifecycle import Gate
 from components.settings import DEFAULT_ALIASES, ApiSettings
@@ -36,6 +38,7 @@ from components.vllm_bridge import (
 logger = logging.getLogger(__name__)
 ChatCompletionRequest, CompletionRequest, _ = request_models()
 TokenizeRequest, DetokenizeRequest = tokenizer_models()
+MessagesRequest, CountTokensRequest = anthropic_models()
 
 
 def build_aliases(served: str, configured: dict[str, str]) -> dict[str, str]:
@@ -97,14 +100,14 @@ def build_openai_app(
             raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
         body.model = served if name is None or name == served else aliases[name]
 
-    async def generate(body: Any, request: Request, call: Call) -> Response:
+    async def generate(body: Any, request: Request, call: Call, dialect: Dialect = OPENAI) -> Response:
         ctx = request_context(request.scope)
         resolve_model(body, ctx.policy)
         generation = validate(body, limits, key=ctx.tenant, token_limits=token_limits(ctx.policy, tokens_per_minute),
                               policy=ctx.policy)
         ctx.model = body.model
         ctx.stream = generation.stream
-        return GenerationResponse(generation, request, call, gate, stall_timeout_s, ledger)
+        return GenerationResponse(generation, request, call, gate, stall_timeout_s, ledger, dialect)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
@@ -113,6 +116,24 @@ def build_openai_app(
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
         return await generate(body, request, bridge.completion)
+
+    # The Anthropic Messages API: converted to a chat completion, then the same path.
+    messages = Messages(bridge)
+
+    def check_messages(body: Any) -> None:
+        if len(body.messages) > limits.max_messages:
+            raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
+
+    @app.post("/v1/messages", response_model=None)
+    async def anthropic_messages(body: MessagesRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        check_messages(body)
+        return await generate(await messages.to_chat(body), request, messages.generate, messages.dialect)
+
+    @app.post("/v1/messages/count_tokens")
+    async def anthropic_count_tokens(body: CountTokensRequest, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        check_messages(body)
+        resolve_model(body, request_context(request.scope).policy)
+        return await messages.count_tokens(body, request)
 
     def model_card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": served}

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_GPU_MODEL = "TheBloke/Mistral-7B-Instruct-v0.2-AWQ"
-DEFAULT_ALIASES = ("gpt-3.5-turbo", "gpt-4", "gpt-4o", "gpt-4o-mini", "text-davinci-003")
+DEFAULT_ALIASES = ("gpt-3.5-turbo", "gpt-4", "gpt-4o", "gpt-4o-mini", "text-davinci-003",
+                   # what Anthropic clients and coding agents send by default
+                   "claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1", "claude-3-5-haiku-latest")
 
 
 def _split_csv(value: Any) -> Any:

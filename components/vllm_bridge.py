@@ -234,16 +234,16 @@ class OpenAIBridge:
         handler = self._state.openai_serving_chat
         if handler is None:
             raise from_status(501, "This model does not support chat completions.")
-        return await self._call(handler.create_chat_completion, body, raw_request)
+        return await self.call(handler.create_chat_completion, body, raw_request)
 
     async def completion(self, body: Any, raw_request: Request) -> Any:
         handler = self._state.openai_serving_completion
         if handler is None:
             raise from_status(501, "This model does not support completions.")
-        return await self._call(handler.create_completion, body, raw_request)
+        return await self.call(handler.create_completion, body, raw_request)
 
     async def tokenize(self, body: Any, raw_request: Request) -> Any:
-        return await self._call(self._tokenization().create_tokenize, body, raw_request)
+        return await self.call(self._tokenization().create_tokenize, body, raw_request)
 
     async def detokenize(self, body: Any, raw_request: Request) -> Any:
         handler = self._tokenization()
@@ -252,15 +252,19 @@ class OpenAIBridge:
             # The tokenizer would fail with an IndexError (a 500) on an id it does not have.
             raise InvalidRequest(f"Every token id must be below {vocabulary}, the tokenizer's vocabulary size.",
                                  param="tokens")
-        return await self._call(handler.create_detokenize, body, raw_request)
+        return await self.call(handler.create_detokenize, body, raw_request)
 
     def _tokenization(self) -> Any:
-        handler = getattr(self._state, "serving_tokenization", None)
+        return self.serving("serving_tokenization", "has no tokenizer to expose")
+
+    def serving(self, name: str, lacks: str) -> Any:
+        """One of vLLM's serving handlers by its app-state name; 501 when the model has none."""
+        handler = getattr(self._state, name, None)
         if handler is None:
-            raise from_status(501, "This model has no tokenizer to expose.")
+            raise from_status(501, f"This model {lacks}.")
         return handler
 
-    async def _call(self, method: Any, body: Any, raw_request: Request) -> Any:
+    async def call(self, method: Any, body: Any, raw_request: Request) -> Any:
         """A response model (pydantic), or a `Stream`; raises ServiceError."""
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 

@@ -43,7 +43,17 @@ def call(server, method: str, path: str, headers: dict[str, str]) -> httpx.Respo
 def test_routes_are_enumerated(server) -> None:  # type: ignore[no-untyped-def]
     routes = all_routes(server)
     paths = {path for _, path in routes}
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime", "/livez", "/readyz", "/metrics"} <= paths
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime", "/livez", "/readyz", "/metrics",
+            "/v1/messages", "/v1/messages/count_tokens"} <= paths
+
+
+def refusal(path: str, response: httpx.Response) -> str:
+    """The error's code; on the Anthropic routes, whose errors take Anthropic's shape."""
+    error = response.json()["error"]
+    if path.startswith("/v1/messages"):
+        assert response.json()["type"] == "error"
+        return "invalid_api_key" if error["type"] == "authentication_error" else error["type"]
+    return str(error["code"])
 
 
 @pytest.mark.parametrize("credentials", ["none", "wrong", "good"])
@@ -55,7 +65,7 @@ def test_auth_matrix(server, credentials: str) -> None:  # type: ignore[no-untyp
         if credentials == "good" or path in OPEN:
             if response.status_code == 401:
                 failures.append((method, path, response.status_code))
-        elif response.status_code != 401 or response.json()["error"]["code"] != "invalid_api_key":
+        elif response.status_code != 401 or refusal(path, response) != "invalid_api_key":
             failures.append((method, path, response.status_code))
         assert response.status_code < 500 or path == "/readyz", (method, path, response.status_code)
     assert not failures, failures

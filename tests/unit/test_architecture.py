@@ -11,12 +11,13 @@ import pytest
 COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 # Core modules: everything else builds on them; they import nothing of ours.
 CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact"}
-# The two modules that know vLLM: its engine (engine.py) and its OpenAI layer (the bridge).
-VLLM_MODULES = {"engine", "vllm_bridge"}
+# The modules that know vLLM: its engine (engine.py), its OpenAI layer (the bridge) and its
+# Anthropic layer (anthropic.py).
+VLLM_MODULES = {"engine", "vllm_bridge", "anthropic"}
 # The edge: what a request meets before any engine work; never the engine side.
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway",
-        "keys", "keys_file", "ledger"}
-ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor",
+        "keys", "keys_file", "ledger", "anthropic_errors"}
+ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "anthropic", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor",
                "vllm_hooks", "validation"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 # The README's layers ("How it fits together"): a module imports from its own layer and below.
@@ -24,7 +25,7 @@ LAYERS = [
     CORE | {"responses", "bundled_model", "compile_cache"},
     EDGE | {"gpu_monitor", "bentoml_metrics"},
     {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app",
-     "vllm_hooks", "validation"},
+     "vllm_hooks", "validation", "anthropic"},
     {"runtime", "supervisor"},
 ]
 
@@ -67,7 +68,7 @@ def test_core_modules_import_nothing_of_ours(name: str) -> None:
     assert ours(modules()[name]) == set()
 
 
-def test_vllm_is_imported_only_by_the_engine_facade_and_the_bridge() -> None:
+def test_vllm_is_imported_only_by_the_engine_facade_and_the_bridges() -> None:
     users = {name for name, tree in modules().items() if any(m.split(".")[0] == "vllm" for m in imports(tree))}
     assert users == VLLM_MODULES
 
