@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from components.errors import ServiceError, render_anthropic_sse
+from components.errors import InvalidRequest, ServiceError, ServingFailure, render_anthropic_sse
 from components.generation import Dialect
 from components.vllm_bridge import OpenAIBridge, Stream, to_service_error
 
@@ -38,6 +38,7 @@ class AnthropicStream:
         self._inner = inner
         self._convert = convert
         self._events_iter: Any = None
+        self._converter_error: ServiceError | None = None
         # Set by GenerationResponse for OpenAI clients; the inner stream ignores them here.
         self.forward_usage = True
         self.strip_continuous_usage = False
@@ -48,7 +49,7 @@ class AnthropicStream:
 
     @property
     def error(self) -> ServiceError | None:
-        return self._inner.error
+        return self._inner.error or self._converter_error
 
     @property
     def on_finished(self) -> Callable[[], None]:
@@ -64,6 +65,12 @@ class AnthropicStream:
 
     async def _events(self) -> AsyncIterator[str]:
         async for event in self._convert(self._chat_events()):
+            if event.startswith("event: error"):
+                # The converter failed on its own (it catches everything and says so in
+                # an event of a type Anthropic does not have): an error, not a success.
+                self._converter_error = ServingFailure("The answer could not be converted to Anthropic's events.")
+                yield render_anthropic_sse(self._converter_error)
+                return
             yield event
         if self._inner.error is not None:
             yield render_anthropic_sse(self._inner.error)
@@ -75,9 +82,11 @@ class AnthropicStream:
             yield event
 
     async def aclose(self) -> None:
-        if self._events_iter is not None:
-            await self._events_iter.aclose()
-        await self._inner.aclose()
+        try:
+            if self._events_iter is not None:
+                await self._events_iter.aclose()
+        finally:
+            await self._inner.aclose()  # closing vLLM's generator aborts the engine request
 
 
 class Messages:
@@ -86,7 +95,7 @@ class Messages:
 
     def __init__(self, bridge: OpenAIBridge) -> None:
         self.bridge = bridge
-        self.dialect = Dialect(body=self.render, stream_error=render_anthropic_sse)
+        self.dialect = Dialect(body=self.render, stream_error=render_anthropic_sse, last_event="event: message_stop")
 
     @property
     def handler(self) -> Any:
@@ -101,8 +110,13 @@ class Messages:
         try:
             return handler.to_chat_completion_request(
                 body, merge_inline_system=handler._merge_inline_system, disabled_thinking_effort=effort)
-        except Exception as exc:  # noqa: BLE001 - vLLM's validation errors, mapped as vLLM maps them
-            raise to_service_error(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - the conversion reads only the client's input
+            error = to_service_error(exc)
+            if error.status >= 500:
+                # e.g. an AttributeError on a malformed block vLLM's schema lets through
+                raise InvalidRequest(f"The request could not be converted to a chat: {type(exc).__name__}.",
+                                     param="messages") from exc
+            raise error from exc
 
     async def generate(self, chat_body: Any, raw_request: Request) -> Any:
         """The `Call` of the Messages route: a chat completion whose stream is converted."""
@@ -121,14 +135,17 @@ class Messages:
         valid = [call for call in calls if _is_object(call.function.arguments)]
         if len(valid) != len(calls):
             result = result.model_copy(deep=True)
-            message = result.choices[0].message
-            message.content = "".join([message.content or "", *(call.function.arguments for call in calls
-                                                                  if call not in valid)])
-            message.tool_calls = valid
+            choice = result.choices[0]
+            choice.message.content = "".join([choice.message.content or "",
+                                              *(call.function.arguments for call in calls if call not in valid)])
+            choice.message.tool_calls = valid
+            if not valid and choice.finish_reason == "tool_calls":
+                choice.finish_reason = "stop"  # else the stop reason says tool_use, with none to run
         return self.handler.messages_full_converter(result).model_dump(  # type: ignore[no-any-return]
             mode="json", exclude_none=True)
 
     async def count_tokens(self, body: Any, raw_request: Request) -> dict[str, Any]:
+        await self.to_chat(body)  # the conversion's errors as to_chat maps them (vLLM's: 500s)
         result = await self.bridge.call(self.handler.count_tokens, body, raw_request)
         return result.model_dump(mode="json", exclude_none=True)  # type: ignore[no-any-return]
 
@@ -136,5 +153,5 @@ class Messages:
 def _is_object(text: str) -> bool:
     try:
         return isinstance(json.loads(text), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False

@@ -27,9 +27,10 @@ class AnthropicErrors:
             return
         start: Message | None = None
         chunks: list[bytes] = []
+        sent = False
 
         async def rewrite(message: Message) -> None:
-            nonlocal start
+            nonlocal start, sent
             if message["type"] == "http.response.start":
                 content_type = dict(message.get("headers", [])).get(b"content-type", b"")
                 if message["status"] >= 400 and content_type.startswith(b"application/json"):
@@ -38,11 +39,17 @@ class AnthropicErrors:
             elif message["type"] == "http.response.body" and start is not None:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
+                    sent = True
                     await _send_rewritten(send, start, b"".join(chunks))
                 return
             await send(message)
 
-        await self.app(scope, receive, rewrite)
+        try:
+            await self.app(scope, receive, rewrite)
+        finally:
+            if start is not None and not sent:
+                # The app ended without its last body chunk: what it said still goes out.
+                await _send_rewritten(send, start, b"".join(chunks))
 
 
 async def _send_rewritten(send: Send, start: Message, body: bytes) -> None:

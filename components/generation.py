@@ -39,7 +39,6 @@ from components.vllm_bridge import Stream
 from components.vllm_hooks import client_chose_max_tokens, on_rendered
 
 Call = Callable[[Any, Request], Awaitable[Any]]
-_DONE = "data: [DONE]"
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,9 @@ class Dialect:
 
     body: Callable[[Any], Any] = lambda result: result.model_dump(mode="json")
     stream_error: Callable[[ServiceError], str] = render_sse
+    # The event that ends a stream whose usage is known: the tokens are settled there,
+    # before the last byte, so that the key's next request sees its window as this left it.
+    last_event: str = "data: [DONE]"
 
 
 OPENAI = Dialect()
@@ -230,7 +232,7 @@ class GenerationResponse(Response):
                 if first:
                     first = False
                     ctx.ttft_s = time.perf_counter() - ctx.started
-                if event.startswith(_DONE) and stream.usage is not None:
+                if event.startswith(self.dialect.last_event) and stream.usage is not None:
                     ctx.usage = stream.usage
                     await self._settle_now(ctx)
                 await write({"type": "http.response.body", "body": event.encode(), "more_body": True})

@@ -26,14 +26,16 @@ _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 RATE_LIMIT_HEADERS = [
     f"x-ratelimit-{what}-{kind}" for kind in ("requests", "tokens") for what in ("limit", "remaining", "reset")
 ]
-# What browsers may send: ours, plus every header the official OpenAI SDKs add (a preflight
-# asking for one that is not listed fails, and the browser never sends the request).
+# What browsers may send: ours, plus every header the official OpenAI and Anthropic SDKs add
+# (a preflight asking for one that is not listed fails, and the browser never sends the
+# request).
 CORS_ALLOW_HEADERS = [
     "authorization", "content-type", "x-api-key", "x-request-id", "openai-organization", "openai-project",
     "openai-beta", "idempotency-key", "traceparent", "tracestate", "baggage",
     "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
     "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-retry-count", "x-stainless-timeout",
     "x-stainless-async", "x-stainless-helper-method",
+    "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
 ]
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 # Each header costs its name, its value and ": " + CRLF on the wire.

@@ -72,6 +72,15 @@ def test_errors_take_anthropics_shape(server: Server, claude: anthropic.Anthropi
                          headers={"x-api-key": MAIN_KEY}, timeout=30)
     assert missing.status_code == 400
     assert missing.json()["type"] == "error" and missing.json()["error"]["type"] == "invalid_request_error"
+    # A block vLLM's schema lets through but its converter cannot read: the client's 400,
+    # not a 500, on both routes.
+    odd = [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                         "content": [{"type": "image", "source": "x"}]}]}]
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        refused = httpx.post(f"{server.url}{path}", json={"model": CLAUDE, "max_tokens": 5, "messages": odd},
+                             headers={"x-api-key": MAIN_KEY}, timeout=30)
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError) as too_long:
         claude.messages.create(model=CLAUDE, max_tokens=100_000, messages=FRANCE)
     assert too_long.value.body["error"]["type"] == "invalid_request_error"
@@ -112,6 +121,8 @@ def test_arguments_that_are_no_tool_input_come_back_as_text(claude: anthropic.An
     reply = claude.messages.create(model=CLAUDE, max_tokens=100, messages=WEATHER, tools=[loose],
                                    tool_choice=FORCED, extra_body=GREEDY)
     assert all(block.type != "tool_use" or isinstance(block.input, dict) for block in reply.content)
+    used = any(block.type == "tool_use" for block in reply.content)
+    assert reply.stop_reason == ("tool_use" if used else "end_turn")
     cut = claude.messages.create(model=CLAUDE, max_tokens=3, messages=WEATHER, tools=[WEATHER_TOOL],
                                  tool_choice=FORCED)
     assert cut.stop_reason == "max_tokens"

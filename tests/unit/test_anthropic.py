@@ -78,3 +78,28 @@ def test_an_engine_error_mid_stream_ends_it_with_an_anthropic_error_event() -> N
     error = json.loads(events[-1].split("data: ", 1)[1])
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
     assert len(events) == 2  # the OpenAI-shaped error event never reaches the converter
+
+
+def test_a_failure_of_the_converter_itself_is_an_error_not_a_success() -> None:
+    async def chat_events() -> AsyncIterator[str]:
+        yield 'data: {"choices": []}\n\n'
+
+    async def failing(events: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for _ in events:
+            yield 'event: error\ndata: {"type": "error", "error": {"type": "internal_error", "message": "x"}}\n\n'
+
+    async def collect() -> tuple[list[str], AnthropicStream]:
+        stream = AnthropicStream(Stream(chat_events()), failing)
+        return [event async for event in stream], stream
+
+    events, stream = asyncio.run(collect())
+    assert stream.error is not None and stream.error.status == 500
+    assert json.loads(events[-1].split("data: ", 1)[1])["error"]["type"] == "api_error"
+
+
+def test_an_error_start_without_its_body_still_goes_out() -> None:
+    async def half(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]})
+
+    start, body = run(half, "/v1/messages")
+    assert start["status"] == 400 and json.loads(body["body"])["error"]["type"] == "invalid_request_error"

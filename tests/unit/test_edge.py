@@ -28,7 +28,8 @@ USER, OTHER, ADMIN = "sk-user-1111", "sk-other-2222", "sk-admin-3333"
 STAINLESS = (
     "x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-runtime, "
     "x-stainless-runtime-version, x-stainless-retry-count, x-stainless-timeout, x-stainless-async, "
-    "x-stainless-helper-method, openai-beta, traceparent, tracestate, baggage, idempotency-key"
+    "x-stainless-helper-method, openai-beta, traceparent, tracestate, baggage, idempotency-key, "
+    "anthropic-version, anthropic-beta, anthropic-dangerous-direct-browser-access"
 )
 
 
