@@ -39,7 +39,7 @@ serve: install
 	$(VENV)/bin/bentoml serve service:LLMService --port $(PORT)
 
 test: install system-deps lint
-	$(PY) -m pytest tests/unit tests/packaging tests/integration tests/security tests/load -q
+	$(PY) -m pytest tests/unit tests/packaging tests/integration tests/security tests/load -q --durations=25
 
 # ruff (rules in pyproject.toml) on our code outside tests; mypy (pydantic plugin) on the service.
 lint: install

@@ -63,7 +63,7 @@ def test_metrics_have_all_names_and_types_and_move_by_the_right_amounts(server, 
     httpx.get(f"{server.url}/v1/no-such-{MAIN_KEY[-4:]}", headers={"authorization": f"Bearer {MAIN_KEY}"}, timeout=10)
     paths = {s.labels.get("endpoint") for s in scrape(server)["vllm_request"].samples}
     assert paths <= {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{id}", "/debug/runtime",
-                     "/tokenize", "/detokenize", "/admin/usage", "other"}
+                     "/tokenize", "/detokenize", "/admin/usage", "/v1/messages", "/v1/messages/count_tokens", "other"}
 
 
 def test_healthz_matches_the_documented_schema(server) -> None:
