@@ -1,7 +1,8 @@
 """The Anthropic Messages API: `POST /v1/messages` and `/v1/messages/count_tokens`.
 
 vLLM's own Anthropic layer converts the request into a chat completion and the chat
-completion's output back (its internal API, pinned to vLLM 0.32 like the bridge); between
+completion's output back (its internal API, pinned to vLLM 0.32; reached through the
+bridge, which alone imports vLLM's serving layer, and used here by duck typing); between
 the two, the request takes the chat route's whole path: model aliases and allowlists,
 validation, token reservation, admission, the engine call under one owner, usage and
 metrics. Errors on these routes take Anthropic's shape (`{"type": "error", "error":
@@ -21,12 +22,6 @@ from starlette.requests import Request
 from components.errors import InvalidRequest, ServiceError, ServingFailure, render_anthropic_sse
 from components.generation import Dialect
 from components.vllm_bridge import OpenAIBridge, Stream, to_service_error
-
-
-def request_models() -> tuple[type, type]:
-    from vllm.entrypoints.anthropic.protocol import AnthropicCountTokensRequest, AnthropicMessagesRequest
-
-    return AnthropicMessagesRequest, AnthropicCountTokensRequest
 
 
 class AnthropicStream:

@@ -13,7 +13,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from components.anthropic import Messages
-from components.anthropic import request_models as anthropic_models
 from components.context import request_context
 from components.errors import (
     InvalidRequest,
@@ -29,6 +28,7 @@ from components.settings import DEFAULT_ALIASES, ApiSettings
 from components.validation import validate
 from components.vllm_bridge import (
     OpenAIBridge,
+    anthropic_models,
     request_models,
     to_service_error,
     tokenizer_models,

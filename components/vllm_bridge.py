@@ -47,6 +47,13 @@ def request_models() -> tuple[type, type, type]:
     return ChatCompletionRequest, CompletionRequest, StreamOptions
 
 
+def anthropic_models() -> tuple[type, type]:
+    """vLLM's Anthropic Messages and count_tokens request models (components/anthropic.py)."""
+    from vllm.entrypoints.anthropic.protocol import AnthropicCountTokensRequest, AnthropicMessagesRequest
+
+    return AnthropicMessagesRequest, AnthropicCountTokensRequest
+
+
 def tokenizer_models() -> tuple[Any, type]:
     """vLLM's request models of /tokenize (completion or chat form) and /detokenize."""
     from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest

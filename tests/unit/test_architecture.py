@@ -11,9 +11,8 @@ import pytest
 COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 # Core modules: everything else builds on them; they import nothing of ours.
 CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact"}
-# The modules that know vLLM: its engine (engine.py), its OpenAI layer (the bridge) and its
-# Anthropic layer (anthropic.py).
-VLLM_MODULES = {"engine", "vllm_bridge", "anthropic"}
+# The two modules that know vLLM: its engine (engine.py) and its serving layer (the bridge).
+VLLM_MODULES = {"engine", "vllm_bridge"}
 # The edge: what a request meets before any engine work; never the engine side.
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway",
         "keys", "keys_file", "ledger", "anthropic_errors"}
@@ -68,7 +67,7 @@ def test_core_modules_import_nothing_of_ours(name: str) -> None:
     assert ours(modules()[name]) == set()
 
 
-def test_vllm_is_imported_only_by_the_engine_facade_and_the_bridges() -> None:
+def test_vllm_is_imported_only_by_the_engine_facade_and_the_bridge() -> None:
     users = {name for name, tree in modules().items() if any(m.split(".")[0] == "vllm" for m in imports(tree))}
     assert users == VLLM_MODULES
 
