@@ -7,8 +7,8 @@ at most `queued_per_key` requests waiting (429 beyond), so one key cannot take e
 place. Whenever capacity frees up or a request arrives, waiting requests are started in
 order of their priority class (interactive, standard, batch; a request waiting `aging_s`
 while its key has nothing running rises one class, so none starves), then of their key's
-running sequences (fewest first), oldest first within a key; any request that fits is started, so a large request
-cannot hold back smaller ones while capacity sits idle. The batch class may hold at most
+running sequences (fewest first), oldest first within a key; any request that fits is
+started, so a large request cannot hold back smaller ones while capacity sits idle. The batch class may hold at most
 `low_share` of the capacity, so a request of a higher class finds room at once.
 
 A hand-written queue: asyncio.Semaphore hides its waiters, cannot refuse at a bound, and
