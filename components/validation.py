@@ -76,6 +76,7 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
     # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
     body.request_id = uuid.uuid4().hex
     stream = bool(getattr(body, "stream", False))
+    limited = token_limits if token_limits is not None and token_limits.any else None
     forward_usage = True
     continuous = False
     if stream:
@@ -87,11 +88,11 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
         # what it used so far.
         body.stream_options = StreamOptions(
             include_usage=True,
-            continuous_usage_stats=continuous or token_limits is not None,
+            continuous_usage_stats=continuous or limited is not None,
         )
     # A request may lower its own priority (a larger number), never raise it above its key's.
     floor = policy.priority if policy is not None else STANDARD
     body.priority = max(int(getattr(body, "priority", 0) or 0), floor)
     return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, forward_usage, chose,
-                      token_limits if token_limits is not None and token_limits.any else None, continuous,
+                      limited, continuous,
                       policy.max_inflight if policy is not None else None, body.priority)

@@ -200,3 +200,26 @@ def test_trailing_slash_is_a_404_not_a_redirect_echoing_the_host(server: Server)
     assert response.status_code == 404, response.status_code
     assert "location" not in response.headers
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [(None, "none"), ({"include_usage": True}, "last"),
+     ({"include_usage": True, "continuous_usage_stats": True}, "every")],
+)
+def test_a_stream_carries_usage_only_where_the_client_asked(server: Server, options: dict | None,
+                                                            expected: str) -> None:
+    """Without token limits the service needs no usage in every chunk; a client that did not
+    ask for it must not get it (it once did, and every chunk paid for its JSON)."""
+    body = {"messages": FRANCE, "max_tokens": 4, "stream": True, **({"stream_options": options} if options else {})}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers=headers(POLITE),
+                      timeout=120) as r:
+        assert r.status_code == 200
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    with_usage = [bool(c.get("usage")) for c in chunks]
+    if expected == "none":
+        assert not any(with_usage)
+    elif expected == "last":
+        assert with_usage == [False] * (len(chunks) - 1) + [True] and not chunks[-1]["choices"]
+    else:
+        assert all(with_usage)
