@@ -15,7 +15,7 @@ from components.responses import send_error
 
 logger = logging.getLogger("access")
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
-GENERATION_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages"})
+GENERATION_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"})
 
 
 def _trace_id(scope: Scope) -> str | None:

@@ -12,6 +12,7 @@ from components.context import request_context
 from components.errors import AuthenticationFailed, PermissionDenied
 from components.keys_file import PolicySource
 from components.responses import send_error
+from components.tracing import span
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,11 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not policy.enabled:
             await self.app(scope, receive, send)
             return
-        presented = presented_key(scope)
-        found = policy.identify(presented) if presented else None
+        with span("auth"):
+            presented = presented_key(scope)
+            found = policy.identify(presented) if presented else None
+            refusal = found.refusal(time.time()) if found is not None else None
         ctx = request_context(scope)
-        refusal = found.refusal(time.time()) if found is not None else None
         if found is not None and refusal is None:
             ctx.key_id = found.id
             ctx.policy = found

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import ASGIApp
 
@@ -13,7 +14,7 @@ from components.anthropic_errors import AnthropicErrors
 from components.auth import AuthMiddleware, public_paths
 from components.health import HealthMiddleware, StatusSource
 from components.keys_file import PolicySource
-from components.metrics import Metrics
+from components.metrics import Metrics, endpoint_label
 from components.middleware import (
     BodyLimitMiddleware,
     HeaderLimitMiddleware,
@@ -22,6 +23,7 @@ from components.middleware import (
     cors,
 )
 from components.ratelimit import RateLimiter, RateLimitMiddleware
+from components.tracing import TraceMiddleware
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class FrontDoor:
     on_rate_limited: Callable[[str], None] | None = None
     # (the /healthz document, readiness with its reason); none: no health layer
     health: tuple[StatusSource, Callable[[], tuple[bool, str]]] | None = None
+    tracer: Any = None  # components/tracing.py; none: no server span (tracing off)
 
     def build(self, app: ASGIApp) -> ASGIApp:
         """Outermost first. The request id comes first so that every answer, refusals
@@ -59,6 +62,8 @@ class FrontDoor:
             lambda a: RateLimitMiddleware(a, self.limiter, self.on_rate_limited, public),
             lambda a: BodyLimitMiddleware(a, self.max_request_bytes, self.body_read_timeout_s),
         ]
+        if self.tracer is not None:  # right after the request id: the trace covers every answer
+            layers.insert(1, lambda a: TraceMiddleware(a, self.tracer, endpoint_label))
         if self.health is not None:
             healthz, readiness = self.health
             layers.append(lambda a: HealthMiddleware(a, healthz, readiness))

@@ -34,7 +34,8 @@ from components.errors import (
 from components.ledger import Hold, Ledger, settle_quietly
 from components.lifecycle import Gate, Pass
 from components.responses import send_error
-from components.validation import Generation, reservation
+from components.tracing import span
+from components.validation import Generation, requested_max_tokens, reservation
 from components.vllm_bridge import Stream
 from components.vllm_hooks import client_chose_max_tokens, on_rendered
 
@@ -51,6 +52,9 @@ class Dialect:
     # The event that ends a stream whose usage is known: the tokens are settled there,
     # before the last byte, so that the key's next request sees its window as this left it.
     last_event: str = "data: [DONE]"
+    # The usage of a finished generation, in the chat shape that metrics, logs and the ledger read.
+    usage: Callable[[Any], dict[str, Any] | None] = lambda result: (
+        result.usage.model_dump() if getattr(result, "usage", None) else None)
 
 
 OPENAI = Dialect()
@@ -162,8 +166,7 @@ class GenerationResponse(Response):
     async def _reserve(self, prompt_lengths: list[int], max_model_len: int) -> None:
         gen, body = self.generation, self.generation.body
         n = getattr(body, "n", None) or 1
-        amount = reservation(prompt_lengths, max_model_len, n, getattr(body, "max_completion_tokens", None)
-                             or body.max_tokens)
+        amount = reservation(prompt_lengths, max_model_len, n, requested_max_tokens(body))
         if self.ledger is not None and gen.token_limits is not None:
             self._hold = await self.ledger.reserve(gen.key, amount, gen.token_limits)
 
@@ -184,18 +187,21 @@ class GenerationResponse(Response):
         gen = self.generation
         try:
             async with _Interrupts(receive, write) as interrupts:
-                ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight, gen.priority)
+                with span("queue"):
+                    ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight,
+                                                   gen.priority)
                 ticket.interrupt = interrupts.interrupt
                 async with ticket:
-                    chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
-                    try:
-                        result = await self.call(gen.body, self.request)
-                    finally:
-                        client_chose_max_tokens.reset(chosen)
-                    if gen.stream:
-                        await self._stream(result, ticket, write, ctx)
-                    else:
-                        await self._respond(result, ticket, write, ctx)
+                    with span("engine"):
+                        chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
+                        try:
+                            result = await self.call(gen.body, self.request)
+                        finally:
+                            client_chose_max_tokens.reset(chosen)
+                        if gen.stream:
+                            await self._stream(result, ticket, write, ctx)
+                        else:
+                            await self._respond(result, ticket, write, ctx)
         except ServiceError as error:
             self._error = error
             await self._fail(error, write, ctx)
@@ -208,7 +214,7 @@ class GenerationResponse(Response):
 
     async def _respond(self, result: Any, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
         ticket.engine_finished()
-        ctx.usage = result.usage.model_dump() if getattr(result, "usage", None) else None
+        ctx.usage = self.dialect.usage(result)
         choices = getattr(result, "choices", None) or []
         ctx.finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
         ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)

@@ -19,7 +19,7 @@ THROUGHPUT_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 # Bounded label values: the routes we own, everything else is "other".
 ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime", "/tokenize",
-                       "/detokenize", "/admin/usage", "/v1/messages", "/v1/messages/count_tokens"})
+                       "/detokenize", "/admin/usage", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"})
 
 
 def endpoint_label(path: str) -> str:
@@ -27,6 +27,8 @@ def endpoint_label(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{id}"
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{id}"
     return "other"
 
 

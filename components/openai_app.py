@@ -24,21 +24,15 @@ from components.errors import (
 from components.generation import OPENAI, Call, Dialect, GenerationResponse
 from components.ledger import Ledger, token_limits
 from components.lifecycle import Gate
+from components.response_store import Store
+from components.responses_api import Responses
 from components.settings import DEFAULT_ALIASES, ApiSettings
 from components.validation import validate
-from components.vllm_bridge import (
-    OpenAIBridge,
-    anthropic_models,
-    request_models,
-    to_service_error,
-    tokenizer_models,
-    vllm_error_types,
-)
+from components.vllm_bridge import OpenAIBridge, api_models, request_models, to_service_error, vllm_error_types
 
 logger = logging.getLogger(__name__)
 ChatCompletionRequest, CompletionRequest, _ = request_models()
-TokenizeRequest, DetokenizeRequest = tokenizer_models()
-MessagesRequest, CountTokensRequest = anthropic_models()
+MessagesRequest, CountTokensRequest, ResponsesRequest, TokenizeRequest, DetokenizeRequest = api_models()
 
 
 def build_aliases(served: str, configured: dict[str, str]) -> dict[str, str]:
@@ -83,6 +77,7 @@ def build_openai_app(
     ledger: Ledger | None = None,
     tokens_per_minute: int = 0,
     usage_report: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    store: Store,
 ) -> FastAPI:
     # No 307 to the slashed or unslashed route: its Location would echo the Host header.
     app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None, redirect_slashes=False)
@@ -134,6 +129,24 @@ def build_openai_app(
         check_messages(body)
         resolve_model(body, request_context(request.scope).policy)
         return await messages.count_tokens(body, request)
+
+    # The Responses API: vLLM's layer, our store for previous_response_id, the same path.
+    responses = Responses(bridge, store, ResponsesRequest)
+
+    @app.post("/v1/responses", response_model=None)
+    async def create_response(body: ResponsesRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        prepared, call = await responses.prepare(body, request_context(request.scope).tenant)
+        return await generate(prepared, request, call, responses.dialect)
+
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(response_id: str, request: Request) -> dict[str, Any]:
+        return (await responses.find(response_id, request_context(request.scope).tenant))["response"]  # type: ignore[no-any-return]
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+        await responses.find(response_id, request_context(request.scope).tenant)
+        await responses.store.delete(response_id)
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     def model_card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": served}

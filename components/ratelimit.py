@@ -28,6 +28,7 @@ from components.errors import RateLimited, ServiceError, TokensLimited, Unavaila
 from components.ledger import Ledger, ledger_for, token_limits
 from components.responses import send_error
 from components.settings import LimitSettings
+from components.tracing import span
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,8 @@ class RateLimitMiddleware:
             client = scope.get("client")
             identity = f"ip:{client[0] if client else 'unknown'}"
         try:
-            windows = await self.limiter.admit(identity, ctx.policy, ctx.tenant)
+            with span("rate_limit"):
+                windows = await self.limiter.admit(identity, ctx.policy, ctx.tenant)
         except ServiceError as error:
             ctx.error_type = error.code
             self.on_rejected(error.code or "unknown")

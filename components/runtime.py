@@ -25,8 +25,10 @@ from components.lifecycle import Gate
 from components.metrics import Metrics
 from components.ratelimit import RateLimiter
 from components.redact import redacted
+from components.response_store import store_for
 from components.settings import Settings, export_engine_environment
 from components.supervisor import Supervisor
+from components.tracing import Tracing
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -45,6 +47,9 @@ class Runtime:
         self.metrics = Metrics()
         self.keys = policy_source(settings, self.metrics.keys_reload_errors.inc)
         self.ledger = ledger_for(settings.limits, self.metrics.limiter_errors.inc)
+        self.store = store_for(settings.limits, settings.api)
+        server = settings.server
+        self.tracing = Tracing(server.otlp_traces_endpoint, server.traces_sample_ratio, server.otlp_traces_protocol)
         self.limiter = RateLimiter(settings.limits, self.metrics.limiter_errors.inc, ledger=self.ledger)
         self.breaker = CircuitBreaker.from_settings(res, self._breaker_changed)
         self.metrics.breaker_state.set(State.CLOSED)
@@ -66,12 +71,10 @@ class Runtime:
         self._shut_down = False
         self.ready = False
         self.engine_pids: list[int] = []
-        self.supervisor = Supervisor(
-            self.gate, self._engine_dead, self.shutdown,
-            watchdog_interval_s=res.watchdog_interval,
-            death_exit_s=res.engine_death_exit_seconds,
-            drain_timeout_s=res.graceful_shutdown_timeout,
-        )
+        self.supervisor = Supervisor(self.gate, self._engine_dead, self.shutdown,
+                                     watchdog_interval_s=res.watchdog_interval,
+                                     death_exit_s=res.engine_death_exit_seconds,
+                                     drain_timeout_s=res.graceful_shutdown_timeout)
 
     def _breaker_changed(self, state: State) -> None:
         logger.warning("circuit breaker is now %s", state.name.lower())
@@ -100,15 +103,10 @@ class Runtime:
             logger.warning("API_KEYS is empty: authentication is DISABLED, anyone who reaches the port can use the API")
         self.keys.start()
         gpus = await asyncio.to_thread(host.gpu_count)  # imports torch: seconds
-        spec = engine_spec.resolve_spec(
-            settings.engine, gpus, settings.resilience.graceful_shutdown_timeout, settings.server.otlp_traces_endpoint
-        )
-        self.spec = spec
-        self.compile_cache = CompileCache.prepare(
-            settings.engine.cache_dir,
-            engine_spec.compile_key_parts(spec),
-            enabled="--enforce-eager" not in spec.cli_args,
-        )
+        self.spec = spec = engine_spec.resolve_spec(
+            settings.engine, gpus, settings.resilience.graceful_shutdown_timeout, settings.server.otlp_traces_endpoint)
+        self.compile_cache = CompileCache.prepare(settings.engine.cache_dir, engine_spec.compile_key_parts(spec),
+                                                  enabled="--enforce-eager" not in spec.cli_args)
         if self.compile_cache.was_cached:
             self.metrics.warm_cache_hits.inc()
         logger.info("compile cache %s (%s)", self.compile_cache.path,
@@ -129,7 +127,7 @@ class Runtime:
                 stall_timeout_s=settings.resilience.stream_stall_timeout,
                 ledger=self.ledger, tokens_per_minute=settings.limits.tokens_per_minute,
                 usage_report=lambda: usage_report(self.ledger, self.keys.current, settings.limits.tokens_per_minute),
-            )
+                store=self.store)
             self.engine_pids = engine_mod.engine_core_pids(self.engine, self._missing)
             if settings.engine.warmup:
                 await engine_mod.warm_up(self.engine)
@@ -204,6 +202,7 @@ class Runtime:
             access_log=settings.server.request_tracing,
             on_rate_limited=lambda kind: self.metrics.rate_limited.labels(kind).inc(),
             health=(self.healthz, self.readiness),
+            tracer=self.tracing.tracer,
         ).build(downstream)
 
     async def shutdown(self) -> None:
@@ -217,4 +216,5 @@ class Runtime:
             engine_mod.shutdown_engine(self.engine)
         self.gpu.stop()
         self.keys.stop()
-        await asyncio.gather(self.limiter.close(), self.ledger.close())
+        await asyncio.gather(self.limiter.close(), self.ledger.close(), self.store.close())
+        self.tracing.shutdown()

@@ -87,6 +87,9 @@ class ApiSettings(_Group):
     max_messages: int = Field(512, alias="MAX_MESSAGES", ge=1)
     max_stop_sequences: int = Field(16, alias="MAX_STOP_SEQUENCES", ge=0)
     max_prompts: int = Field(16, alias="MAX_PROMPTS", ge=1)
+    # Stored responses (previous_response_id): in Redis with the rate limits, else in memory.
+    responses_ttl_s: int = Field(86_400, alias="RESPONSES_STORE_TTL_SECONDS", ge=1)
+    responses_max_bytes: int = Field(67_108_864, alias="RESPONSES_STORE_MAX_BYTES", ge=1024)
 
     @field_validator("model_aliases", mode="before")
     @classmethod
@@ -192,6 +195,9 @@ class ServerSettings(_Group):
     readiness_strict: bool = Field(True, alias="READINESS_STRICT")
     request_tracing: bool = Field(True, alias="ENABLE_REQUEST_TRACING")
     otlp_traces_endpoint: str | None = Field(None, alias="OTLP_TRACES_ENDPOINT")
+    traces_sample_ratio: float = Field(1.0, alias="TRACES_SAMPLE_RATIO", ge=0, le=1)
+    # OpenTelemetry's own variable: vLLM's exporter reads it too, so both reach one collector.
+    otlp_traces_protocol: Literal["grpc", "http/protobuf"] = Field("grpc", alias="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
     gpu_monitor_interval: float = Field(5.0, alias="GPU_MONITOR_INTERVAL", gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
     max_header_bytes: int = Field(16384, alias="MAX_HEADER_BYTES", ge=1024, le=1_048_576)

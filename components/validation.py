@@ -38,6 +38,15 @@ def reservation(prompt_lengths: list[int], max_model_len: int, n: int, max_token
     return sum(p + n * max(0, min(max_tokens or max_model_len, max_model_len - p)) for p in prompt_lengths)
 
 
+def requested_max_tokens(body: Any) -> int | None:
+    """The client's cap on generated tokens, by whichever name its API gives it."""
+    for field in ("max_output_tokens", "max_completion_tokens", "max_tokens"):
+        value = getattr(body, field, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
 def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits | None = None,
              policy: Any = None) -> Generation:
     """Check what the engine would accept too late or not at all; raise InvalidRequest.
@@ -53,6 +62,9 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
     messages = getattr(body, "messages", None)
     if messages is not None and len(messages) > limits.max_messages:
         raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
+    items = getattr(body, "input", None)  # a Responses request's, its stored conversation included
+    if isinstance(items, list) and len(items) > limits.max_messages:
+        raise InvalidRequest(f"At most {limits.max_messages} input items are allowed.", param="input")
     for index, message in enumerate(messages or ()):
         role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
         if role not in _ROLES:
@@ -63,23 +75,25 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
     if prompts > limits.max_prompts:
         raise InvalidRequest(f"At most {limits.max_prompts} prompts are allowed in one request.", param="prompt")
     sequences = n * prompts  # admission refuses more than one key may run at once
-    requested = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    requested = requested_max_tokens(body)
     chose = requested is not None
     if limits.max_tokens_limit:
+        field = "max_output_tokens" if hasattr(body, "max_output_tokens") else "max_tokens"
         if requested is not None and requested > limits.max_tokens_limit:
-            raise InvalidRequest(f"max_tokens must be at most {limits.max_tokens_limit}.", param="max_tokens")
+            raise InvalidRequest(f"{field} must be at most {limits.max_tokens_limit}.", param=field)
         if requested is None:
-            body.max_tokens = limits.max_tokens_limit
+            setattr(body, field, limits.max_tokens_limit)
     stop = getattr(body, "stop", None)
     if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
         raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
     # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
-    body.request_id = uuid.uuid4().hex
+    # A Responses request's id is its response's id: the service's own, never the client's.
+    body.request_id = f"resp_{uuid.uuid4().hex}" if hasattr(body, "input") else uuid.uuid4().hex
     stream = bool(getattr(body, "stream", False))
     limited = token_limits if token_limits is not None and token_limits.any else None
     forward_usage = True
     continuous = False
-    if stream:
+    if stream and hasattr(body, "stream_options"):  # a Responses stream always ends with its usage
         # Always ask vLLM for the usage chunk (exact token accounting); pass it on only if
         # the client asked for it.
         forward_usage = bool(body.stream_options and body.stream_options.include_usage)

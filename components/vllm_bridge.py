@@ -47,18 +47,15 @@ def request_models() -> tuple[type, type, type]:
     return ChatCompletionRequest, CompletionRequest, StreamOptions
 
 
-def anthropic_models() -> tuple[type, type]:
-    """vLLM's Anthropic Messages and count_tokens request models (components/anthropic.py)."""
+def api_models() -> tuple[type, type, type, Any, type]:
+    """vLLM's request models of the other routes: Anthropic Messages and count_tokens
+    (components/anthropic.py), Responses (components/responses_api.py), /tokenize
+    (completion or chat form) and /detokenize."""
     from vllm.entrypoints.anthropic.protocol import AnthropicCountTokensRequest, AnthropicMessagesRequest
-
-    return AnthropicMessagesRequest, AnthropicCountTokensRequest
-
-
-def tokenizer_models() -> tuple[Any, type]:
-    """vLLM's request models of /tokenize (completion or chat form) and /detokenize."""
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
     from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 
-    return TokenizeRequest, DetokenizeRequest
+    return AnthropicMessagesRequest, AnthropicCountTokensRequest, ResponsesRequest, TokenizeRequest, DetokenizeRequest
 
 
 def vllm_error_types() -> tuple[type[Exception], ...]:
@@ -191,8 +188,9 @@ def _error_from_event(event: str) -> ServiceError:
 
 
 def prompt_count(body: Any) -> int:
-    """How many prompts a request carries: 1 for chat, the list's length for completions."""
-    if hasattr(body, "messages"):
+    """How many prompts a request carries: 1 for chat and Responses, the list's length for
+    completions."""
+    if hasattr(body, "messages") or hasattr(body, "input"):
         return 1
     prompt = body.prompt
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
@@ -211,14 +209,16 @@ class OpenAIBridge:
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.entrypoints.openai.chat_completion import serving as chat_serving
         from vllm.entrypoints.openai.completion import serving as completion_serving
+        from vllm.entrypoints.openai.responses import serving as responses_serving
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-        install_context_check((chat_serving, completion_serving))
+        install_context_check((chat_serving, completion_serving, responses_serving))
         state = State()
         tasks = await engine.get_supported_tasks()
         await init_app_state(engine, state, args, tasks)
         for handler, method in ((state.openai_serving_chat, "render_chat_request"),
-                                (state.openai_serving_completion, "render_completion_request")):
+                                (state.openai_serving_completion, "render_completion_request"),
+                                (state.openai_serving_responses, "_render_resolved_response_inputs")):
             if handler is not None:
                 report_rendered(handler, method, ErrorResponse)
         served = args.served_model_name[0] if args.served_model_name else args.model
@@ -229,6 +229,8 @@ class OpenAIBridge:
         """The ids vLLM's serving layer gives this request in the engine (to abort it)."""
         if hasattr(body, "messages"):
             return [f"chatcmpl-{body.request_id}"]
+        if hasattr(body, "input"):  # one engine turn: no built-in tool server here
+            return [f"{body.request_id}_0"]
         return [f"cmpl-{body.request_id}-{index}" for index in range(prompt_count(body))]
 
     async def abort(self, engine_ids: Any) -> None:
@@ -248,6 +250,11 @@ class OpenAIBridge:
         if handler is None:
             raise from_status(501, "This model does not support completions.")
         return await self.call(handler.create_completion, body, raw_request)
+
+    async def responses(self, body: Any, raw_request: Request) -> Any:
+        """A finished response, or vLLM's generator of event models (components/responses_api.py)."""
+        handler = self.serving("openai_serving_responses", "does not support the Responses API")
+        return await self.call(handler.create_responses, body, raw_request, wrap=False)
 
     async def tokenize(self, body: Any, raw_request: Request) -> Any:
         return await self.call(self._tokenization().create_tokenize, body, raw_request)
@@ -271,8 +278,9 @@ class OpenAIBridge:
             raise from_status(501, f"This model {lacks}.")
         return handler
 
-    async def call(self, method: Any, body: Any, raw_request: Request) -> Any:
-        """A response model (pydantic), or a `Stream`; raises ServiceError."""
+    async def call(self, method: Any, body: Any, raw_request: Request, wrap: bool = True) -> Any:
+        """A response model (pydantic), or a `Stream` (vLLM's generator if not `wrap`); raises
+        ServiceError."""
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         try:
@@ -281,6 +289,6 @@ class OpenAIBridge:
             raise to_service_error(exc) from exc
         if isinstance(result, ErrorResponse):
             raise _from_error_info(result.error.code, result.error.message, result.error.param)
-        if hasattr(result, "model_dump"):
+        if hasattr(result, "model_dump") or not wrap:
             return result
         return Stream(result)

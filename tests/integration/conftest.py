@@ -11,6 +11,7 @@ import openai
 import pytest
 import redis
 
+from harness.otlp_receiver import OtlpReceiver
 from harness.server import Server, free_port, running_server
 
 MAIN_KEY = "sk-test-main-4f1c9a"
@@ -54,8 +55,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(10)
 
 
-def main_server_env(redis_url: str) -> dict[str, str]:
+@pytest.fixture(scope="session")
+def otlp() -> Iterator[OtlpReceiver]:
+    """Where the main server exports its traces (OTLP over HTTP, on loopback)."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+def main_server_env(redis_url: str, traces_url: str) -> dict[str, str]:
     return {
+        # Every request of the main suite is traced (tests/integration/test_tracing.py).
+        "OTLP_TRACES_ENDPOINT": traces_url,
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        "TRACES_SAMPLE_RATIO": "1",
         "MAX_NUM_SEQS": str(MAX_NUM_SEQS),
         "MAX_QUEUE_SIZE": str(MAX_QUEUE_SIZE),
         # The backpressure tests fill the whole queue from one key; the per-key shares have
@@ -77,10 +89,10 @@ def main_server_env(redis_url: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str, otlp: OtlpReceiver) -> Iterator[Server]:
     """One real service (bentoml serve + vLLM + the bundled model) for the whole session."""
     log_dir: Path = tmp_path_factory.mktemp("server")
-    with running_server(log_dir, env=main_server_env(redis_url)) as srv:
+    with running_server(log_dir, env=main_server_env(redis_url, otlp.url)) as srv:
         yield srv
     # After a whole session of traffic, SIGTERM still drains and exits cleanly.
     assert srv.process.returncode == 0, srv.log()[-3000:]

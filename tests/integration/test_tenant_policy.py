@@ -244,3 +244,21 @@ def test_keys_reload_without_a_restart_and_without_failing_a_request(replicas: l
         assert health["version"] in new_versions and health["last_reload_error"], health
         assert status(server, KEY_NEW) == 200 and status(server, KEY_OLD) == 401
     print(f"\nkeys reload applied on both replicas in {applied_in:.2f} s")
+
+
+def test_a_responses_conversation_continues_on_the_other_replica(replicas: list[Server]) -> None:
+    """Stored responses live in the replicas' shared Redis, not in one replica's memory."""
+    import openai
+
+    first_replica, second_replica = (openai.OpenAI(base_url=f"{r.url}/v1", api_key=KEY_STREAM, max_retries=0,
+                                                   timeout=120) for r in replicas)
+    first_input = "My name is Ada. Say hello to me."
+    first = first_replica.responses.create(input=first_input, max_output_tokens=8, temperature=0)
+    follow = second_replica.responses.create(input="What is my name?", previous_response_id=first.id,
+                                             max_output_tokens=4, temperature=0)
+    conversation = [{"role": "user", "content": first_input}, {"role": "assistant", "content": first.output_text},
+                    {"role": "user", "content": "What is my name?"}]
+    counted = httpx.post(f"{replicas[1].url}/tokenize", headers={"authorization": f"Bearer {KEY_STREAM}"},
+                         json={"messages": conversation, "add_generation_prompt": True}, timeout=30).json()["count"]
+    assert follow.usage.input_tokens == counted
+    assert second_replica.responses.retrieve(first.id).output_text == first.output_text

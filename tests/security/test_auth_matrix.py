@@ -30,7 +30,7 @@ def bentoml_routes() -> list[tuple[str, str]]:
 
 def all_routes(server) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
-    ours = [(method.upper(), path.replace("{model_id}", "gpt-4"))
+    ours = [(method.upper(), path.replace("{model_id}", "gpt-4").replace("{response_id}", "resp_0"))
             for path, item in schema["paths"].items() for method in item]
     return sorted(set(ours) | set(bentoml_routes()))
 
@@ -44,7 +44,7 @@ def test_routes_are_enumerated(server) -> None:  # type: ignore[no-untyped-def]
     routes = all_routes(server)
     paths = {path for _, path in routes}
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime", "/livez", "/readyz", "/metrics",
-            "/v1/messages", "/v1/messages/count_tokens"} <= paths
+            "/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/resp_0"} <= paths
 
 
 def refusal(path: str, response: httpx.Response) -> str:

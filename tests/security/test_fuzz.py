@@ -25,7 +25,8 @@ def operations(server):  # type: ignore[no-untyped-def]
 def test_schema_has_our_operations(operations) -> None:  # type: ignore[no-untyped-def]
     labels = {op.label for op in operations}
     assert {"POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "POST /tokenize",
-            "POST /detokenize", "POST /v1/messages", "POST /v1/messages/count_tokens"} <= labels
+            "POST /detokenize", "POST /v1/messages", "POST /v1/messages/count_tokens", "POST /v1/responses",
+            "GET /v1/responses/{response_id}", "DELETE /v1/responses/{response_id}"} <= labels
 
 
 def test_no_server_errors(operations, server) -> None:  # type: ignore[no-untyped-def]

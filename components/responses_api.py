@@ -1,0 +1,176 @@
+"""The OpenAI Responses API: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`.
+
+vLLM's own Responses layer (through the bridge) renders the request and builds the answer
+and its events; the request takes the chat route's whole path in between (validation,
+token reservation, admission, one `Pass`, the breaker, usage and metrics).
+
+vLLM keeps `previous_response_id` conversations in a dict in memory that is never evicted
+and that other replicas cannot see, so it is never used: the service stores each response
+itself, with the conversation that led to it, in Redis when the rate limits are there
+(shared by every replica) or in a bounded memory store, for RESPONSES_STORE_TTL_SECONDS.
+A follow-up's input is the stored conversation plus its own input (instructions are not
+carried over, as OpenAI documents), sent to vLLM as one plain request. Only the key that
+created a response may read, continue or delete it; to any other it does not exist.
+Response ids are the service's own (`resp_` + a random uuid), never the client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+from starlette.requests import Request
+
+from components.context import request_context
+from components.errors import InvalidRequest, NotFound, ServiceError, ServingFailure, Unavailable
+from components.generation import Call, Dialect
+from components.response_store import Store
+from components.vllm_bridge import OpenAIBridge, to_service_error
+
+logger = logging.getLogger(__name__)
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def chat_usage(usage: Any) -> dict[str, Any] | None:
+    """A Responses usage in the chat shape that metrics, logs and the ledger read."""
+    if usage is None:
+        return None
+    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def render_responses_sse(error: ServiceError, sequence_number: int = 0) -> str:
+    """An error inside a Responses stream, as OpenAI sends it."""
+    data = {"type": "error", "code": error.code, "message": error.message, "param": error.param,
+            "sequence_number": sequence_number}
+    return f"event: error\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+Save = Callable[[Any], Awaitable[None]]
+
+
+class ResponsesStream:
+    """vLLM's Responses events as SSE. The final event's response is stored before it is
+    sent, so that a follow-up sent on seeing it finds it (on any replica)."""
+
+    def __init__(self, source: AsyncIterator[Any], finish: Callable[[Any], Any], save: Save | None) -> None:
+        self._source = source
+        self._finish = finish
+        self._save = save
+        self._sequence = 0
+        self.usage: dict[str, Any] | None = None
+        self.error: ServiceError | None = None
+        self.on_finished: Callable[[], None] = lambda: None
+        # Set by GenerationResponse for chat streams; Responses streams always carry usage.
+        self.forward_usage = True
+        self.strip_continuous_usage = False
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[str]:
+        try:
+            async for event in self._source:
+                kind = getattr(event, "type", "unknown")
+                self._sequence = max(self._sequence, int(getattr(event, "sequence_number", 0) or 0) + 1)
+                if kind == "error":
+                    self.error = _event_error(event)
+                    yield render_responses_sse(self.error, self._sequence)
+                    return
+                if kind in _FINAL_EVENTS:
+                    self._finish(event.response)
+                    self.usage = chat_usage(event.response.usage)
+                    self.on_finished()
+                    if self._save is not None:
+                        await self._save(event.response)
+                yield f"event: {kind}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
+        except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
+            self.error = to_service_error(exc)
+            yield render_responses_sse(self.error, self._sequence)
+
+    async def aclose(self) -> None:
+        close = getattr(self._source, "aclose", None)
+        if close is not None:
+            await close()  # closing vLLM's generator aborts the engine request
+
+
+def _event_error(event: Any) -> ServiceError:
+    logger.error("responses stream failed: %s", getattr(event, "message", event))
+    return ServingFailure("The inference engine failed to process the request.")
+
+
+class Responses:
+    def __init__(self, bridge: OpenAIBridge, store: Store, request_model: Any) -> None:
+        self.bridge = bridge
+        self.store = store
+        self.request_model = request_model
+        self.dialect = Dialect(
+            body=lambda result: result.model_dump(mode="json", by_alias=True),
+            stream_error=render_responses_sse, last_event="event: response.completed",
+            usage=lambda result: chat_usage(getattr(result, "usage", None)),
+        )
+
+    async def find(self, response_id: str, owner: str) -> dict[str, Any]:
+        record = await self.store.get(response_id)
+        if record is None or record["owner"] != owner:
+            raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+        return record
+
+    async def prepare(self, body: Any, owner: str) -> tuple[Any, Call]:
+        """The request vLLM gets (the stored conversation prepended) and the route's Call."""
+        if body.background:
+            # vLLM would run it in a task of its own, outside admission, limits and drain.
+            raise InvalidRequest("Background responses are not supported by this service.", param="background",
+                                 code="unsupported_parameter")
+        previous = body.previous_response_id
+        if previous is None:
+            return body, partial(self.generate, previous=None)
+        try:
+            record = await self.find(previous, owner)
+        except NotFound:
+            raise NotFound(f"Previous response with id '{previous}' not found.",
+                           param="previous_response_id") from None
+        data = body.model_dump(mode="json", exclude_unset=True, by_alias=True)
+        data["input"] = [*record["context"], *_items(data["input"])]
+        data.pop("previous_response_id")
+        return self.request_model.model_validate(data), partial(self.generate, previous=previous)
+
+    async def generate(self, body: Any, raw_request: Request, previous: str | None) -> Any:
+        """The `Call` of the route: vLLM's answer (or stream), stored once it is final."""
+        owner = request_context(raw_request.scope).tenant
+        store = body.store is not False  # read before vLLM turns it off (its own store stays unused)
+        context = _items(to_jsonable_python(body.input))
+
+        def finish(response: Any) -> None:
+            response.previous_response_id = previous
+            response.store = store
+
+        save = partial(self._save, owner, context) if store else None
+        result = await self.bridge.responses(body, raw_request)
+        if hasattr(result, "model_dump"):
+            finish(result)
+            if save is not None:
+                await save(result)
+            return result
+        return ResponsesStream(result, finish, save)
+
+    async def _save(self, owner: str, context: list[Any], response: Any) -> None:
+        if response.status == "failed":
+            return
+        output = [item.model_dump(mode="json", exclude_none=True) for item in response.output]
+        record = {"owner": owner, "response": response.model_dump(mode="json", by_alias=True),
+                  "context": [*context, *output]}
+        # A store that fails has logged it; the answer still goes out (never lost work) and
+        # a follow-up to it gets a 404.
+        with contextlib.suppress(Unavailable):
+            await asyncio.shield(self.store.put(response.id, record))
+
+
+def _items(value: Any) -> list[Any]:
+    return [{"role": "user", "content": value}] if isinstance(value, str) else list(value)

@@ -1,0 +1,123 @@
+"""One trace per request, exported over OTLP when OTLP_TRACES_ENDPOINT is set; nothing at
+all when it is not (no middleware, no spans: `span()` is a shared null context).
+
+The front door's server span continues the client's W3C `traceparent` (or starts a trace),
+and the request's `traceparent` header is rewritten to that span before anything else reads
+it: vLLM's own request span (the engine, started with `--otlp-traces-endpoint`) and the
+access log's `trace_id` then belong to the same trace, vLLM's span under ours. Inner spans
+(`auth`, `rate_limit`, `queue`, `engine`) come from `span()`.
+
+Sampling: TRACES_SAMPLE_RATIO of traces, decided on the trace id, also for a request whose
+parent says "sampled": a client cannot make every one of its requests traced. vLLM's span
+follows our decision (the rewritten header carries it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from components.context import request_context
+
+_NULL = contextlib.nullcontext()
+_tracer: Any = None  # set by Tracing when export is on
+
+
+class Tracing:
+    """The tracer provider and its OTLP exporter (OTel's SDK: batching, retries, shutdown)."""
+
+    def __init__(self, endpoint: str | None, sample_ratio: float, protocol: str = "grpc",
+                 processor: Any = None) -> None:
+        """`processor`: where spans go instead of the OTLP exporter (unit tests)."""
+        global _tracer
+        self.provider: Any = None
+        self.tracer: Any = None
+        if not endpoint:
+            _tracer = None
+            return
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        ratio = TraceIdRatioBased(sample_ratio)
+        self.provider = TracerProvider(
+            sampler=ParentBased(root=ratio, remote_parent_sampled=ratio),
+            resource=Resource.create({"service.name": "llm-service"}),
+        )
+        self.provider.add_span_processor(processor or BatchSpanProcessor(_exporter(endpoint, protocol)))
+        self.tracer = _tracer = self.provider.get_tracer("llm-service")
+
+    def shutdown(self) -> None:
+        """Flush what is batched (bounded by the SDK's export timeout)."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def _exporter(endpoint: str, protocol: str) -> Any:
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+    return OTLPSpanExporter(endpoint=endpoint)
+
+
+def span(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A child span of the request's, or nothing when tracing is off."""
+    return _tracer.start_as_current_span(name) if _tracer is not None else _NULL
+
+
+class TraceMiddleware:
+    """The request's server span; installed only when tracing is on."""
+
+    def __init__(self, app: ASGIApp, tracer: Any, route: Any) -> None:
+        from opentelemetry.propagate import extract, inject
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        self.app = app
+        self.tracer = tracer
+        self.route = route  # path -> bounded route label
+        self._extract, self._inject = extract, inject
+        self._server, self._status, self._error = SpanKind.SERVER, Status, StatusCode.ERROR
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in (b"traceparent", b"tracestate"):
+                carrier.setdefault(name.decode("latin-1"), value.decode("latin-1"))  # the first one counts
+        route = self.route(scope["path"])
+        with self.tracer.start_as_current_span(f"{scope['method']} {route}", context=self._extract(carrier),
+                                               kind=self._server) as server_span:
+            server_span.set_attributes({"http.request.method": scope["method"], "http.route": route})
+            scope["headers"] = list(_with_current_trace(scope["headers"], self._inject))
+
+            async def traced_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    server_span.set_attribute("http.response.status_code", message["status"])
+                    if message["status"] >= 500:
+                        server_span.set_status(self._status(self._error))
+                await send(message)
+
+            try:
+                await self.app(scope, receive, traced_send)
+            finally:
+                ctx = request_context(scope)
+                usage = ctx.usage or {}
+                attributes = {"request.id": ctx.request_id, "llm.key_id": ctx.key_id, "llm.model": ctx.model,
+                              "llm.prompt_tokens": usage.get("prompt_tokens"),
+                              "llm.completion_tokens": usage.get("completion_tokens"), "error.type": ctx.error_type}
+                server_span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+
+def _with_current_trace(headers: list[tuple[bytes, bytes]], inject: Any) -> Iterator[tuple[bytes, bytes]]:
+    current: dict[str, str] = {}
+    inject(current)
+    yield from ((k, v) for k, v in headers if k not in (b"traceparent", b"tracestate"))
+    for name, value in current.items():
+        yield name.encode("latin-1"), value.encode("latin-1")

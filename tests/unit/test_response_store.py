@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from components.errors import Unavailable
+from components.response_store import MemoryStore, RedisStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(size: int) -> dict:
+    return {"owner": "a", "context": ["x" * size]}
+
+
+def test_memory_store_expires_records_after_the_ttl() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        store = MemoryStore(ttl_s=60, max_bytes=10_000, clock=clock)
+        await store.put("r1", record(10))
+        clock.now += 59
+        assert await store.get("r1") == record(10)
+        clock.now += 2
+        assert await store.get("r1") is None
+
+    asyncio.run(scenario())
+
+
+def test_memory_store_stays_within_its_bytes_oldest_evicted_first() -> None:
+    async def scenario() -> None:
+        one = len(json.dumps(record(1000)))
+        store = MemoryStore(ttl_s=60, max_bytes=3 * one)
+        for index in range(10):
+            await store.put(f"r{index}", record(1000))
+        assert [await store.get(f"r{i}") is not None for i in range(10)] == [False] * 7 + [True] * 3
+        # Replacing or deleting gives the bytes back: nothing else is evicted.
+        await store.put("r9", record(1000))
+        await store.delete("r8")
+        await store.put("new", record(1000))
+        assert [await store.get(f"r{i}") is not None for i in (7, 8, 9)] == [True, False, True]
+
+    asyncio.run(scenario())
+
+
+def test_a_record_larger_than_the_store_is_not_kept() -> None:
+    async def scenario() -> None:
+        store = MemoryStore(ttl_s=60, max_bytes=100)
+        await store.put("big", record(1000))
+        assert await store.get("big") is None
+
+    asyncio.run(scenario())
+
+
+def test_redis_store_unreachable_is_a_503_not_a_500() -> None:
+    async def scenario() -> None:
+        store = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.5, ttl_s=60)  # nothing listens on port 1
+        try:
+            for call in (store.get("r"), store.put("r", record(1)), store.delete("r")):
+                with pytest.raises(Unavailable) as info:
+                    await call
+                assert info.value.status == 503
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
