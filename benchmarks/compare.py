@@ -1,10 +1,12 @@
 """This service against vLLM's own OpenAI server, same model and engine arguments, one run.
 
-    .venv/bin/python benchmarks/compare.py [--concurrency 1,16,64] [--rounds 2]
+    .venv/bin/python benchmarks/compare.py [--concurrency 1,16,64] [--rounds 2] [--trace-ratio 0.1]
 
 Both servers are started (one after the other), then driven alternately A/B/A/B with vLLM's
 own benchmark client (random dataset, local tokenizer, --ignore-eos) so that drift on a
-noisy machine hits both. Writes docs/benchmarks/results.json, results.md and results.png.
+noisy machine hits both. Writes docs/benchmarks/results.json, results.md and results.png
+(with --trace-ratio, the service traces that share of requests to a loopback OTLP receiver,
+raw vLLM none, and the files are named results-traced-<ratio>.*).
 Loopback only; every run is bounded by its prompt count.
 """
 
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from components.bundled_model import SERVED_NAME, ensure_converted  # noqa: E402
 from components.engine_spec import resolve_spec  # noqa: E402
 from components.settings import EngineSettings  # noqa: E402
+from harness.otlp_receiver import OtlpReceiver  # noqa: E402
 from harness.server import free_port, host_cpu, start_server  # noqa: E402
 
 KEY = "sk-bench-not-secret"
@@ -171,7 +174,9 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks"))
+    parser.add_argument("--trace-ratio", type=float, default=None, help="trace this share of the service's requests")
     options = parser.parse_args()
+    name = "results" if options.trace_ratio is None else f"results-traced-{options.trace_ratio:g}"
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = Path("/tmp/llm-bench-logs")  # noqa: S108 - logs of this local benchmark only
@@ -183,6 +188,10 @@ def main() -> None:
     # Queue like raw vLLM (which waits without bound): a slow host at concurrency 64 waits
     # longer than the default QUEUE_TIMEOUT_SECONDS, and refusals are not what this measures.
     env = {"API_KEYS": KEY, "DEFAULT_RATE_LIMIT": "1000000", "MAX_QUEUE_SIZE": "100", "QUEUE_TIMEOUT_SECONDS": "3600"}
+    receiver = OtlpReceiver(keep=False).__enter__()
+    if options.trace_ratio is not None:
+        env |= {"OTLP_TRACES_ENDPOINT": receiver.url, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+                "TRACES_SAMPLE_RATIO": str(options.trace_ratio)}
     service = start_server(logs, env=env, name="service")
     try:
         service.wait_ready()
@@ -203,15 +212,17 @@ def main() -> None:
         service.stop()
         raw.terminate()
         raw.wait(60)
+        receiver.__exit__()
     rows = summarize(runs)
     cpu = host_cpu()
     machine = (f"{cpu['model']} ({', '.join(cpu['flags'])}), {cpu['cores']} cores, {platform.machine()}, no GPU, "
                f"python {platform.python_version()}")
-    (out / "results.json").write_text(json.dumps({"machine": machine, "runs": runs, "summary": rows,
-                                                  "front_door_overhead": over}, indent=2) + "\n")
-    write_markdown(rows, over, machine, out / "results.md")
-    plot(rows, out / "results.png")
-    print((out / "results.md").read_text())
+    traced = {"trace_ratio": options.trace_ratio, "spans_received": receiver.received}
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "runs": runs, "summary": rows,
+                                                  "front_door_overhead": over, "tracing": traced}, indent=2) + "\n")
+    write_markdown(rows, over, machine, out / f"{name}.md")
+    plot(rows, out / f"{name}.png")
+    print((out / f"{name}.md").read_text(), traced)
 
 
 if __name__ == "__main__":
