@@ -33,6 +33,7 @@ from components.errors import (
 )
 from components.ledger import Hold, Ledger, settle_quietly
 from components.lifecycle import Gate, Pass
+from components.request_fields import declared
 from components.responses import send_error
 from components.tracing import span
 from components.validation import Generation, requested_max_tokens, reservation
@@ -55,6 +56,8 @@ class Dialect:
     # The usage of a finished generation, in the chat shape that metrics, logs and the ledger read.
     usage: Callable[[Any], dict[str, Any] | None] = lambda result: (
         result.usage.model_dump() if getattr(result, "usage", None) else None)
+    # Events a stream sends before the engine has produced anything: not its first token.
+    ttft_skip: tuple[str, ...] = ()
 
 
 OPENAI = Dialect()
@@ -165,7 +168,7 @@ class GenerationResponse(Response):
 
     async def _reserve(self, prompt_lengths: list[int], max_model_len: int) -> None:
         gen, body = self.generation, self.generation.body
-        n = getattr(body, "n", None) or 1
+        n = declared(body, "n") or 1
         amount = reservation(prompt_lengths, max_model_len, n, requested_max_tokens(body))
         if self.ledger is not None and gen.token_limits is not None:
             self._hold = await self.ledger.reserve(gen.key, amount, gen.token_limits)
@@ -235,7 +238,7 @@ class GenerationResponse(Response):
             })
             first = True
             async for event in stream:
-                if first:
+                if first and not (self.dialect.ttft_skip and event.startswith(self.dialect.ttft_skip)):
                     first = False
                     ctx.ttft_s = time.perf_counter() - ctx.started
                 if event.startswith(self.dialect.last_event) and stream.usage is not None:

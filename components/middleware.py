@@ -22,6 +22,7 @@ from components.errors import (
 from components.responses import send_error
 
 REQUEST_ID_HEADER = b"x-request-id"
+_ENGINE_HEADERS = frozenset({b"x-vllm-priority", b"x-data-parallel-rank"})
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 RATE_LIMIT_HEADERS = [
     f"x-ratelimit-{what}-{kind}" for kind in ("requests", "tokens") for what in ("limit", "remaining", "reset")
@@ -46,7 +47,9 @@ class RequestIdMiddleware:
     """Takes a valid X-Request-ID from the client or makes one, returns it on every response.
 
     The header is removed before the request goes on: vLLM would use it as the engine's
-    request id, and two clients sending the same id must not collide in the engine.
+    request id, and two clients sending the same id must not collide in the engine. So are
+    the other headers vLLM's serving layer obeys: `X-Vllm-Priority` would override the
+    key's priority class, `X-data-parallel-rank` pick an engine.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -61,7 +64,7 @@ class RequestIdMiddleware:
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER:
                 supplied = value
-            else:
+            elif name not in _ENGINE_HEADERS:
                 headers.append((name, value))
         if supplied is not None and _VALID_REQUEST_ID.match(supplied):
             request_id = supplied.decode()

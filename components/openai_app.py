@@ -24,6 +24,7 @@ from components.errors import (
 from components.generation import OPENAI, Call, Dialect, GenerationResponse
 from components.ledger import Ledger, token_limits
 from components.lifecycle import Gate
+from components.request_fields import declared
 from components.response_store import Store
 from components.responses_api import Responses
 from components.settings import DEFAULT_ALIASES, ApiSettings
@@ -131,7 +132,7 @@ def build_openai_app(
         return await messages.count_tokens(body, request)
 
     # The Responses API: vLLM's layer, our store for previous_response_id, the same path.
-    responses = Responses(bridge, store, ResponsesRequest)
+    responses = Responses(bridge, store, ResponsesRequest, limits.max_request_bytes)
 
     @app.post("/v1/responses", response_model=None)
     async def create_response(body: ResponsesRequest, request: Request) -> Response:  # type: ignore[valid-type]
@@ -170,7 +171,7 @@ def build_openai_app(
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
         resolve_model(body, request_context(request.scope).policy)
-        messages = getattr(body, "messages", None)
+        messages = declared(body, "messages")
         if messages is not None and len(messages) > limits.max_messages:
             raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
         return (await bridge.tokenize(body, request)).model_dump()  # type: ignore[no-any-return]

@@ -36,9 +36,12 @@ class MemoryStore:
             return None
         return json.loads(entry[1])  # type: ignore[no-any-return]
 
-    async def put(self, response_id: str, record: dict[str, Any]) -> None:
+    async def put(self, response_id: str, text: str) -> None:
+        """`text`: the record's JSON. One larger than the whole store is not kept (and
+        evicts nothing)."""
         await self.delete(response_id)
-        text = json.dumps(record)
+        if len(text) > self._max_bytes:
+            return
         self._records[response_id] = (self._clock() + self._ttl_s, text)
         self._bytes += len(text)
         while self._bytes > self._max_bytes and self._records:
@@ -76,9 +79,9 @@ class RedisStore:
             raw = await self._redis.get(_redis_key(response_id))
         return json.loads(raw) if raw is not None else None
 
-    async def put(self, response_id: str, record: dict[str, Any]) -> None:
+    async def put(self, response_id: str, text: str) -> None:
         async with _unavailable("write"):
-            await self._redis.set(_redis_key(response_id), json.dumps(record), ex=self._ttl_s)
+            await self._redis.set(_redis_key(response_id), text, ex=self._ttl_s)
 
     async def delete(self, response_id: str) -> None:
         async with _unavailable("delete"):

@@ -59,10 +59,9 @@ class ResponsesStream:
     """vLLM's Responses events as SSE. The final event's response is stored before it is
     sent, so that a follow-up sent on seeing it finds it (on any replica)."""
 
-    def __init__(self, source: AsyncIterator[Any], finish: Callable[[Any], Any], save: Save | None) -> None:
+    def __init__(self, source: AsyncIterator[Any], complete: Save) -> None:
         self._source = source
-        self._finish = finish
-        self._save = save
+        self._complete = complete
         self._sequence = 0
         self.usage: dict[str, Any] | None = None
         self.error: ServiceError | None = None
@@ -84,14 +83,18 @@ class ResponsesStream:
                     yield render_responses_sse(self.error, self._sequence)
                     return
                 if kind in _FINAL_EVENTS:
-                    self._finish(event.response)
                     self.usage = chat_usage(event.response.usage)
                     self.on_finished()
-                    if self._save is not None:
-                        await self._save(event.response)
+                    await self._complete(event.response)
                 yield f"event: {kind}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
         except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
-            self.error = to_service_error(exc)
+            error = to_service_error(exc)
+            if error.status < 500:
+                # Nothing the client sent fails once the stream has begun: vLLM's own error
+                # event failing its validation (a GenerationError) is a server fault.
+                logger.error("responses stream failed: %s", exc)
+                error = ServingFailure("The inference engine failed to process the request.")
+            self.error = error
             yield render_responses_sse(self.error, self._sequence)
 
     async def aclose(self) -> None:
@@ -106,14 +109,19 @@ def _event_error(event: Any) -> ServiceError:
 
 
 class Responses:
-    def __init__(self, bridge: OpenAIBridge, store: Store, request_model: Any) -> None:
+    def __init__(self, bridge: OpenAIBridge, store: Store, request_model: Any, max_record_bytes: int) -> None:
+        """`max_record_bytes`: the largest conversation stored (MAX_REQUEST_BYTES: what a
+        client could have sent as one request); a longer chain is answered, not stored."""
         self.bridge = bridge
         self.store = store
         self.request_model = request_model
+        self.max_record_bytes = max_record_bytes
         self.dialect = Dialect(
             body=lambda result: result.model_dump(mode="json", by_alias=True),
             stream_error=render_responses_sse, last_event="event: response.completed",
             usage=lambda result: chat_usage(getattr(result, "usage", None)),
+            # Sent before the engine has produced anything.
+            ttft_skip=("event: response.created", "event: response.in_progress"),
         )
 
     async def find(self, response_id: str, owner: str) -> dict[str, Any]:
@@ -128,6 +136,7 @@ class Responses:
             # vLLM would run it in a task of its own, outside admission, limits and drain.
             raise InvalidRequest("Background responses are not supported by this service.", param="background",
                                  code="unsupported_parameter")
+        _check_items(body.input)
         previous = body.previous_response_id
         if previous is None:
             return body, partial(self.generate, previous=None)
@@ -144,32 +153,52 @@ class Responses:
     async def generate(self, body: Any, raw_request: Request, previous: str | None) -> Any:
         """The `Call` of the route: vLLM's answer (or stream), stored once it is final."""
         owner = request_context(raw_request.scope).tenant
-        store = body.store is not False  # read before vLLM turns it off (its own store stays unused)
+        wanted = body.store is not False  # read before vLLM turns it off (its own store stays unused)
         context = _items(to_jsonable_python(body.input))
 
-        def finish(response: Any) -> None:
+        async def complete(response: Any) -> None:
             response.previous_response_id = previous
-            response.store = store
+            response.store = wanted and await self._save(owner, context, response)
 
-        save = partial(self._save, owner, context) if store else None
         result = await self.bridge.responses(body, raw_request)
         if hasattr(result, "model_dump"):
-            finish(result)
-            if save is not None:
-                await save(result)
+            await complete(result)
             return result
-        return ResponsesStream(result, finish, save)
+        return ResponsesStream(result, complete)
 
-    async def _save(self, owner: str, context: list[Any], response: Any) -> None:
+    async def _save(self, owner: str, context: list[Any], response: Any) -> bool:
+        """Whether `response` is now stored. A store that fails has logged it: the answer
+        still goes out (never lost work) and a follow-up to it gets a 404."""
         if response.status == "failed":
-            return
-        output = [item.model_dump(mode="json", exclude_none=True) for item in response.output]
-        record = {"owner": owner, "response": response.model_dump(mode="json", by_alias=True),
-                  "context": [*context, *output]}
-        # A store that fails has logged it; the answer still goes out (never lost work) and
-        # a follow-up to it gets a 404.
+            return False
+        # vLLM's own follow-ups skip reasoning: so do ours.
+        output = [item.model_dump(mode="json") for item in response.output if item.type != "reasoning"]
+        response.store = True
+        record = json.dumps({"owner": owner, "response": response.model_dump(mode="json", by_alias=True),
+                             "context": [*context, *output]})
+        if len(record) > self.max_record_bytes:
+            logger.warning("response %s not stored: its conversation is %d bytes, over %d",
+                           response.id, len(record), self.max_record_bytes)
+            return False
         with contextlib.suppress(Unavailable):
             await asyncio.shield(self.store.put(response.id, record))
+            return True
+        return False
+
+
+def _check_items(items: Any) -> None:
+    """vLLM reads an assistant message's first content part's `text`, and fails with a 500
+    on an empty list or a part without text (a refusal): a 400 here instead."""
+    for index, item in enumerate(items if isinstance(items, list) else ()):
+        get = item.get if isinstance(item, dict) else lambda name, i=item: getattr(i, name, None)
+        content = get("content")
+        if get("role") != "assistant" or isinstance(content, str):
+            continue
+        first = content[0] if isinstance(content, list) and content else None
+        text = first.get("text") if isinstance(first, dict) else getattr(first, "text", None)
+        if not isinstance(text, str):
+            raise InvalidRequest("An assistant message's content must be text or begin with an output_text part.",
+                                 param=f"input.{index}.content")
 
 
 def _items(value: Any) -> list[Any]:

@@ -217,4 +217,4 @@ class Runtime:
         self.gpu.stop()
         self.keys.stop()
         await asyncio.gather(self.limiter.close(), self.ledger.close(), self.store.close())
-        self.tracing.shutdown()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushing may wait on the collector

@@ -7,14 +7,16 @@ it: vLLM's own request span (the engine, started with `--otlp-traces-endpoint`) 
 access log's `trace_id` then belong to the same trace, vLLM's span under ours. Inner spans
 (`auth`, `rate_limit`, `queue`, `engine`) come from `span()`.
 
-Sampling: TRACES_SAMPLE_RATIO of traces, decided on the trace id, also for a request whose
-parent says "sampled": a client cannot make every one of its requests traced. vLLM's span
-follows our decision (the rewritten header carries it).
+Sampling: TRACES_SAMPLE_RATIO of traces. A trace we start is decided on its (random) trace
+id; one a client continues, by a random draw whatever its parent says: a client chooses its
+trace ids and flags, so neither may make every one of its requests traced. vLLM's span
+follows our decision (the rewritten header carries it). Probes and /metrics are not traced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ from components.context import request_context
 
 _NULL = contextlib.nullcontext()
 _tracer: Any = None  # set by Tracing when export is on
+_UNTRACED = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 
 class Tracing:
@@ -43,9 +46,10 @@ class Tracing:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-        ratio = TraceIdRatioBased(sample_ratio)
+        coin = _coin(sample_ratio)
         self.provider = TracerProvider(
-            sampler=ParentBased(root=ratio, remote_parent_sampled=ratio),
+            sampler=ParentBased(root=TraceIdRatioBased(sample_ratio), remote_parent_sampled=coin,
+                                remote_parent_not_sampled=coin),
             resource=Resource.create({"service.name": "llm-service"}),
         )
         self.provider.add_span_processor(processor or BatchSpanProcessor(_exporter(endpoint, protocol)))
@@ -57,12 +61,35 @@ class Tracing:
             self.provider.shutdown()
 
 
+def _coin(ratio: float) -> Any:
+    """A sampler drawing at random: OTel's SDK has ratio samplers by trace id only."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import get_current_span
+
+    class Coin(Sampler):
+        def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+                          attributes: Any = None, links: Any = None, trace_state: Any = None) -> Any:
+            state = get_current_span(parent_context).get_span_context().trace_state
+            if random.random() < ratio:  # noqa: S311 - a sampling draw, not a secret
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
+            return SamplingResult(Decision.DROP, None, state)
+
+        def get_description(self) -> str:
+            return f"Coin{{{ratio}}}"
+
+    return Coin()
+
+
 def _exporter(endpoint: str, protocol: str) -> Any:
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return OTLPSpanExporter(endpoint=endpoint)
+
+        return OTLPSpanExporter(endpoint=endpoint)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+    # Plain text unless the URL says https, as vLLM's exporter does (`host:port` would
+    # otherwise read as a URL scheme and ask for TLS).
+    return GrpcExporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"))
 
 
 def span(name: str) -> contextlib.AbstractContextManager[Any]:
@@ -84,7 +111,7 @@ class TraceMiddleware:
         self._server, self._status, self._error = SpanKind.SERVER, Status, StatusCode.ERROR
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in _UNTRACED:
             await self.app(scope, receive, send)
             return
         carrier: dict[str, str] = {}

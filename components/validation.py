@@ -10,6 +10,7 @@ from typing import Any
 from components.admission import STANDARD
 from components.errors import InvalidRequest
 from components.ledger import TokenLimits
+from components.request_fields import declared, request_kind
 from components.settings import ApiSettings
 from components.vllm_bridge import OpenAIBridge, prompt_count, request_models
 
@@ -41,7 +42,7 @@ def reservation(prompt_lengths: list[int], max_model_len: int, n: int, max_token
 def requested_max_tokens(body: Any) -> int | None:
     """The client's cap on generated tokens, by whichever name its API gives it."""
     for field in ("max_output_tokens", "max_completion_tokens", "max_tokens"):
-        value = getattr(body, field, None)
+        value = declared(body, field)
         if value is not None:
             return int(value)
     return None
@@ -51,18 +52,19 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
              policy: Any = None) -> Generation:
     """Check what the engine would accept too late or not at all; raise InvalidRequest.
     `policy`: the key's KeyPolicy (its class, its own cap on running sequences)."""
-    n = getattr(body, "n", None) or 1
+    n = declared(body, "n") or 1
     if n > limits.max_n:
         raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
-    if getattr(body, "use_beam_search", False):
+    if declared(body, "use_beam_search"):
         # vLLM runs beam search as engine requests of other names, out of reach of our
         # time limit, drain and abort: refused rather than left unbounded.
         raise InvalidRequest("Beam search is not supported by this service.", param="use_beam_search",
                              code="unsupported_parameter")
-    messages = getattr(body, "messages", None)
+    kind = request_kind(body)
+    messages = declared(body, "messages")
     if messages is not None and len(messages) > limits.max_messages:
         raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
-    items = getattr(body, "input", None)  # a Responses request's, its stored conversation included
+    items = declared(body, "input")  # a Responses request's, its stored conversation included
     if isinstance(items, list) and len(items) > limits.max_messages:
         raise InvalidRequest(f"At most {limits.max_messages} input items are allowed.", param="input")
     for index, message in enumerate(messages or ()):
@@ -78,22 +80,22 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
     requested = requested_max_tokens(body)
     chose = requested is not None
     if limits.max_tokens_limit:
-        field = "max_output_tokens" if hasattr(body, "max_output_tokens") else "max_tokens"
+        field = "max_output_tokens" if kind == "responses" else "max_tokens"
         if requested is not None and requested > limits.max_tokens_limit:
             raise InvalidRequest(f"{field} must be at most {limits.max_tokens_limit}.", param=field)
         if requested is None:
             setattr(body, field, limits.max_tokens_limit)
-    stop = getattr(body, "stop", None)
+    stop = declared(body, "stop")
     if isinstance(stop, list) and len(stop) > limits.max_stop_sequences:
         raise InvalidRequest(f"At most {limits.max_stop_sequences} stop sequences are allowed.", param="stop")
     # Engine request ids must be unique; a client's X-Request-ID is a correlation id only.
     # A Responses request's id is its response's id: the service's own, never the client's.
-    body.request_id = f"resp_{uuid.uuid4().hex}" if hasattr(body, "input") else uuid.uuid4().hex
+    body.request_id = f"resp_{uuid.uuid4().hex}" if kind == "responses" else uuid.uuid4().hex
     stream = bool(getattr(body, "stream", False))
     limited = token_limits if token_limits is not None and token_limits.any else None
     forward_usage = True
     continuous = False
-    if stream and hasattr(body, "stream_options"):  # a Responses stream always ends with its usage
+    if stream and kind != "responses":  # a Responses stream always ends with its usage
         # Always ask vLLM for the usage chunk (exact token accounting); pass it on only if
         # the client asked for it.
         forward_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -106,7 +108,7 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
         )
     # A request may lower its own priority (a larger number), never raise it above its key's.
     floor = policy.priority if policy is not None else STANDARD
-    body.priority = max(int(getattr(body, "priority", 0) or 0), floor)
+    body.priority = max(int(declared(body, "priority") or 0), floor)
     return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, forward_usage, chose,
                       limited, continuous,
                       policy.max_inflight if policy is not None else None, body.priority)

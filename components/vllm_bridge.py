@@ -23,6 +23,7 @@ from components.errors import (
     from_status,
     render_sse,
 )
+from components.request_fields import request_kind
 from components.vllm_hooks import install_context_check, report_rendered
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def _error_from_event(event: str) -> ServiceError:
 def prompt_count(body: Any) -> int:
     """How many prompts a request carries: 1 for chat and Responses, the list's length for
     completions."""
-    if hasattr(body, "messages") or hasattr(body, "input"):
+    if request_kind(body) != "completion":
         return 1
     prompt = body.prompt
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
@@ -227,9 +228,10 @@ class OpenAIBridge:
     @staticmethod
     def engine_ids(body: Any) -> list[str]:
         """The ids vLLM's serving layer gives this request in the engine (to abort it)."""
-        if hasattr(body, "messages"):
+        kind = request_kind(body)
+        if kind == "chat":
             return [f"chatcmpl-{body.request_id}"]
-        if hasattr(body, "input"):  # one engine turn: no built-in tool server here
+        if kind == "responses":  # one engine turn: no built-in tool server here
             return [f"{body.request_id}_0"]
         return [f"cmpl-{body.request_id}-{index}" for index in range(prompt_count(body))]
 

@@ -53,19 +53,24 @@ on_rendered: ContextVar[Callable[[list[int], int], Awaitable[None]] | None] = Co
 
 
 def report_rendered(handler: Any, method_name: str, error_type: type) -> None:
-    """Wrap vLLM 0.32's `render_chat_request`/`render_completion_request` of one handler:
-    the only async point where the prompts' exact token counts (from the engine's own
-    renderer and tokenizer) are known and nothing has reached the engine yet. `error_type`:
-    vLLM's ErrorResponse, which a render returns instead of raising."""
+    """Wrap vLLM 0.32's `render_chat_request`/`render_completion_request` (prompts in a
+    tuple or list) or the Responses handler's `_render_resolved_response_inputs` (one
+    `engine_input`) of one handler: the only async point where the prompts' exact token
+    counts (from the engine's own renderer and tokenizer) are known and nothing has reached
+    the engine yet. `error_type`: vLLM's ErrorResponse, which a render returns instead of
+    raising."""
     original = getattr(handler, method_name)
     if hasattr(original, "__wrapped__"):
         return
 
-    async def render(request: Any) -> Any:
-        result = await original(request)
+    async def render(request: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await original(request, *args, **kwargs)
         callback = on_rendered.get()
         if callback is not None and not isinstance(result, error_type):
-            inputs = result[1] if isinstance(result, tuple) else result
+            if hasattr(result, "engine_input"):
+                inputs = [result.engine_input]
+            else:
+                inputs = result[1] if isinstance(result, tuple) else result
             await callback([handler._extract_prompt_len(each) for each in inputs], handler.model_config.max_model_len)
         return result
 

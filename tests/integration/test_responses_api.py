@@ -9,14 +9,16 @@ import pytest
 from pydantic import BaseModel
 
 from harness.server import Server, wait_until
-from tests.integration.conftest import MAIN_KEY, SHARED_KEY
+from tests.integration.conftest import MAIN_KEY, TOKENS_KEY
 
 QUESTION = "What is the capital of France? Answer in one word."
 
 
 def prompt_tokens(http: httpx.Client, messages: list[dict[str, str]]) -> int:
     """What the engine counts for this conversation (the chat template's prompt)."""
-    reply = http.post("/tokenize", json={"messages": messages, "add_generation_prompt": True})
+    # Special tokens as the Responses path renders them (a BOS for Mistral's and Llama's).
+    reply = http.post("/tokenize", json={"messages": messages, "add_generation_prompt": True,
+                                         "add_special_tokens": True})
     assert reply.status_code == 200, reply.text
     return int(reply.json()["count"])
 
@@ -63,7 +65,7 @@ def test_a_follow_up_sees_the_earlier_turn(client: openai.OpenAI, http: httpx.Cl
 
 def test_only_the_creating_key_can_read_continue_or_delete(server: Server, client: openai.OpenAI) -> None:
     mine = client.responses.create(model="gpt-4o", input=QUESTION, max_output_tokens=4)
-    other = openai.OpenAI(base_url=f"{server.url}/v1", api_key=SHARED_KEY, max_retries=0, timeout=120)
+    other = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKENS_KEY, max_retries=0, timeout=120)
     with pytest.raises(openai.NotFoundError) as read:
         other.responses.retrieve(mine.id)
     assert read.value.body["code"] == "not_found"
@@ -84,7 +86,7 @@ class Capital(BaseModel):
 
 
 def test_structured_output_parses_into_a_pydantic_model(client: openai.OpenAI) -> None:
-    reply = client.responses.parse(model="gpt-4o", input=QUESTION, text_format=Capital, max_output_tokens=60,
+    reply = client.responses.parse(model="gpt-4o", input=QUESTION, text_format=Capital, max_output_tokens=300,
                                    temperature=0)
     assert isinstance(reply.output_parsed, Capital)
 

@@ -259,6 +259,7 @@ def test_a_responses_conversation_continues_on_the_other_replica(replicas: list[
     conversation = [{"role": "user", "content": first_input}, {"role": "assistant", "content": first.output_text},
                     {"role": "user", "content": "What is my name?"}]
     counted = httpx.post(f"{replicas[1].url}/tokenize", headers={"authorization": f"Bearer {KEY_STREAM}"},
-                         json={"messages": conversation, "add_generation_prompt": True}, timeout=30).json()["count"]
+                         json={"messages": conversation, "add_generation_prompt": True, "add_special_tokens": True},
+                         timeout=30).json()["count"]
     assert follow.usage.input_tokens == counted
     assert second_replica.responses.retrieve(first.id).output_text == first.output_text

@@ -57,3 +57,33 @@ def test_error_messages_leak_no_internals(server) -> None:  # type: ignore[no-un
     text = response.text
     for leak in ("Traceback", "/work/", "site-packages", KEY):
         assert leak not in text
+
+
+def test_fields_a_route_does_not_declare_decide_nothing(server) -> None:  # type: ignore[no-untyped-def]
+    """vLLM's models keep unknown keys as attributes; they once decided the sequence count
+    (an extra `input` made 17 prompts one) and the token cap (an extra `max_output_tokens`
+    skipped MAX_TOKENS_LIMIT's default, 16 here)."""
+    many = httpx.post(f"{server.url}/v1/completions", headers=AUTH, timeout=60,
+                      json={"prompt": ["hi"] * 17, "max_tokens": 1, "input": 0})
+    assert many.status_code == 400 and many.json()["error"]["param"] == "prompt", many.text
+    capped = httpx.post(f"{server.url}/v1/chat/completions", headers=AUTH, timeout=120,
+                        json={"messages": MSG, "ignore_eos": True, "max_output_tokens": 1})
+    assert capped.status_code == 200, capped.text
+    assert capped.json()["usage"]["completion_tokens"] == 16
+
+
+def test_a_responses_stream_with_stream_options_is_not_a_500(server) -> None:  # type: ignore[no-untyped-def]
+    body = {"input": "hi", "stream": True, "stream_options": {"include_obfuscation": False}, "max_output_tokens": 4}
+    with httpx.stream("POST", f"{server.url}/v1/responses", headers=AUTH, json=body, timeout=120) as response:
+        assert response.status_code == 200
+        events = [line for line in response.iter_lines() if line.startswith("event: ")]
+    assert events[-1] == "event: response.completed"
+
+
+@pytest.mark.parametrize("content", [[], [{"type": "refusal", "refusal": "no"}]])
+def test_an_assistant_item_vllm_cannot_read_is_a_400(server, content: list) -> None:  # type: ignore[no-untyped-def]
+    body = {"input": [{"type": "message", "role": "assistant", "content": content},
+                      {"role": "user", "content": "hi"}], "max_output_tokens": 2}
+    response = httpx.post(f"{server.url}/v1/responses", headers=AUTH, json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "input.0.content"

@@ -10,7 +10,7 @@ import pytest
 
 COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 # Core modules: everything else builds on them; they import nothing of ours.
-CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact"}
+CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact", "request_fields"}
 # The two modules that know vLLM: its engine (engine.py) and its serving layer (the bridge).
 VLLM_MODULES = {"engine", "vllm_bridge"}
 # The edge: what a request meets before any engine work; never the engine side.

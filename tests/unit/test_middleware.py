@@ -39,3 +39,9 @@ def test_invalid_client_id_is_replaced() -> None:
     for bad in (b"a b", b"x" * 200, b"evil\r\ninjected", b""):
         _, headers = run([(b"x-request-id", bad)])
         assert headers[b"x-request-id"] != bad and len(headers[b"x-request-id"]) == 32
+
+
+def test_headers_vllm_obeys_never_reach_it() -> None:
+    """vLLM takes X-Vllm-Priority over the body's priority: a client would pick its class."""
+    scope, _ = run([(b"x-vllm-priority", b"-1000"), (b"x-data-parallel-rank", b"3"), (b"accept", b"*/*")])
+    assert scope["headers"] == [(b"accept", b"*/*")]

@@ -17,8 +17,8 @@ class Clock:
         return self.now
 
 
-def record(size: int) -> dict:
-    return {"owner": "a", "context": ["x" * size]}
+def record(size: int) -> str:
+    return json.dumps({"owner": "a", "context": ["x" * size]})
 
 
 def test_memory_store_expires_records_after_the_ttl() -> None:
@@ -27,7 +27,7 @@ def test_memory_store_expires_records_after_the_ttl() -> None:
         store = MemoryStore(ttl_s=60, max_bytes=10_000, clock=clock)
         await store.put("r1", record(10))
         clock.now += 59
-        assert await store.get("r1") == record(10)
+        assert await store.get("r1") == json.loads(record(10))
         clock.now += 2
         assert await store.get("r1") is None
 
@@ -36,7 +36,7 @@ def test_memory_store_expires_records_after_the_ttl() -> None:
 
 def test_memory_store_stays_within_its_bytes_oldest_evicted_first() -> None:
     async def scenario() -> None:
-        one = len(json.dumps(record(1000)))
+        one = len(record(1000))
         store = MemoryStore(ttl_s=60, max_bytes=3 * one)
         for index in range(10):
             await store.put(f"r{index}", record(1000))
@@ -50,11 +50,13 @@ def test_memory_store_stays_within_its_bytes_oldest_evicted_first() -> None:
     asyncio.run(scenario())
 
 
-def test_a_record_larger_than_the_store_is_not_kept() -> None:
+def test_a_record_larger_than_the_store_is_not_kept_and_evicts_nothing() -> None:
     async def scenario() -> None:
-        store = MemoryStore(ttl_s=60, max_bytes=100)
-        await store.put("big", record(1000))
+        store = MemoryStore(ttl_s=60, max_bytes=2000)
+        await store.put("small", record(10))
+        await store.put("big", record(5000))
         assert await store.get("big") is None
+        assert await store.get("small") is not None
 
     asyncio.run(scenario())
 

@@ -51,6 +51,35 @@ def test_a_client_cannot_make_its_requests_traced_by_saying_sampled() -> None:
         setup.shutdown()
 
 
+def test_a_parent_s_trace_id_does_not_decide_the_sampling() -> None:
+    """A ratio by trace id would sample this id always: the client chose it."""
+    exporter, app, setup = traced(0.5)
+    try:
+        for _ in range(200):
+            call(app, [(b"traceparent", b"00-00000000000000000000000000000001-b7ad6b7169203331-01")])
+        servers = [s for s in exporter.get_finished_spans() if s.name == "POST /v1/completions"]
+        assert 20 < len(servers) < 180  # about half: a random draw
+    finally:
+        setup.shutdown()
+
+
+def test_probes_are_not_traced() -> None:
+    exporter, app, setup = traced(1.0)
+    try:
+        scope = {"type": "http", "method": "GET", "path": "/readyz", "headers": []}
+
+        async def receive():  # type: ignore[no-untyped-def]
+            return {"type": "http.request", "body": b""}
+
+        async def send(message):  # type: ignore[no-untyped-def]
+            pass
+
+        asyncio.run(app(scope, receive, send))
+        assert [s.name for s in exporter.get_finished_spans() if s.name.startswith("GET")] == []
+    finally:
+        setup.shutdown()
+
+
 def test_the_engine_is_told_the_server_span_as_parent() -> None:
     exporter, app, setup = traced(1.0)
     try:
