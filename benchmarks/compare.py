@@ -1,6 +1,7 @@
 """This service against vLLM's own OpenAI server, same model and engine arguments, one run.
 
     .venv/bin/python benchmarks/compare.py [--concurrency 1,16,64] [--rounds 2] [--trace-ratio 0.1]
+        [--service-env ENGINE_QUEUE_DEPTH=32 ...]
 
 Both servers are started (one after the other), then driven alternately A/B/A/B with vLLM's
 own benchmark client (random dataset, local tokenizer, --ignore-eos) so that drift on a
@@ -175,8 +176,10 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks"))
     parser.add_argument("--trace-ratio", type=float, default=None, help="trace this share of the service's requests")
+    parser.add_argument("--service-env", action="append", default=[], help="KEY=VALUE for the service only")
     options = parser.parse_args()
     name = "results" if options.trace_ratio is None else f"results-traced-{options.trace_ratio:g}"
+    name += "".join(f"-{pair.lower().replace('=', '-')}" for pair in options.service_env)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = Path("/tmp/llm-bench-logs")  # noqa: S108 - logs of this local benchmark only
@@ -188,6 +191,7 @@ def main() -> None:
     # Queue like raw vLLM (which waits without bound): a slow host at concurrency 64 waits
     # longer than the default QUEUE_TIMEOUT_SECONDS, and refusals are not what this measures.
     env = {"API_KEYS": KEY, "DEFAULT_RATE_LIMIT": "1000000", "MAX_QUEUE_SIZE": "100", "QUEUE_TIMEOUT_SECONDS": "3600"}
+    env |= dict(pair.split("=", 1) for pair in options.service_env)
     receiver = OtlpReceiver(keep=False).__enter__()
     if options.trace_ratio is not None:
         env |= {"OTLP_TRACES_ENDPOINT": receiver.url, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",

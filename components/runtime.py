@@ -55,10 +55,10 @@ class Runtime:
         self.metrics.breaker_state.set(State.CLOSED)
         # Without keys every caller is one tenant: no per-key shares.
         limits = settings.limits
-        running_share, queued_share = per_key_shares(
-            settings.engine.max_num_seqs, limits.max_queue_size, limits.max_inflight_per_key, limits.max_queued_per_key
-        ) if self.keys.current.enabled else (0, 0)
-        admission = Admission(settings.engine.max_num_seqs, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
+        slots = settings.engine.max_num_seqs + limits.engine_queue_depth
+        running_share, queued_share = per_key_shares(slots, limits.max_queue_size, limits.max_inflight_per_key,
+                                                     limits.max_queued_per_key) if self.keys.current.enabled else (0, 0)
+        admission = Admission(slots, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
                               running_per_key=running_share, queued_per_key=queued_share, on_change=self._queue_changed,
                               low_share=limits.priority_batch_share, aging_s=limits.priority_aging_s)
         self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout, self._request_failed)

@@ -48,6 +48,7 @@ DESCRIPTIONS: dict[str, str] = {
     'MAX_MESSAGES': 'most messages in a chat request',
     'MAX_STOP_SEQUENCES': 'most stop strings',
     'MAX_PROMPTS': 'most prompts in one `/v1/completions` request',
+    'ENGINE_QUEUE_DEPTH': 'sequences admitted beyond `MAX_NUM_SEQS`, which wait rendered in vLLM\'s own scheduler (its priority order, not our per-key fair queue) so that a finished batch is refilled at the next engine step; `0`: the fair queue holds every waiting request (docs/benchmarks.md, concurrency 64)',
     'RESPONSES_STORE_TTL_SECONDS': 'how long a stored Responses API response (for `previous_response_id` and `GET /v1/responses/{id}`) is kept',
     'RESPONSES_STORE_MAX_BYTES': 'the in-memory response store\'s bound (JSON bytes, oldest evicted first); with `RATE_LIMIT_STORAGE_URI=redis://…` responses are in Redis instead, bounded by the TTL',
     'API_KEYS': 'comma-separated API keys (unset: auth off, warned at startup)',
