@@ -49,11 +49,11 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not policy.enabled:
             await self.app(scope, receive, send)
             return
-        with span("auth"):
+        ctx = request_context(scope)
+        with span(ctx, "auth"):
             presented = presented_key(scope)
             found = policy.identify(presented) if presented else None
             refusal = found.refusal(time.time()) if found is not None else None
-        ctx = request_context(scope)
         if found is not None and refusal is None:
             ctx.key_id = found.id
             ctx.policy = found

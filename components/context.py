@@ -26,6 +26,7 @@ class RequestContext:
     # The status to record when it differs from what went on the wire (499: the client left
     # after a 200 began).
     status: int | None = None
+    tracer: Any = None  # components/tracing.py: set by its middleware when tracing is on
 
     @property
     def tenant(self) -> str:

@@ -190,12 +190,12 @@ class GenerationResponse(Response):
         gen = self.generation
         try:
             async with _Interrupts(receive, write) as interrupts:
-                with span("queue"):
+                with span(ctx, "queue"):
                     ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight,
                                                    gen.priority)
                 ticket.interrupt = interrupts.interrupt
                 async with ticket:
-                    with span("engine"):
+                    with span(ctx, "engine"):
                         chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
                         try:
                             result = await self.call(gen.body, self.request)

@@ -203,7 +203,7 @@ class RateLimitMiddleware:
             client = scope.get("client")
             identity = f"ip:{client[0] if client else 'unknown'}"
         try:
-            with span("rate_limit"):
+            with span(ctx, "rate_limit"):
                 windows = await self.limiter.admit(identity, ctx.policy, ctx.tenant)
         except ServiceError as error:
             ctx.error_type = error.code

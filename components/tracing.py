@@ -5,7 +5,8 @@ The front door's server span continues the client's W3C `traceparent` (or starts
 and the request's `traceparent` header is rewritten to that span before anything else reads
 it: vLLM's own request span (the engine, started with `--otlp-traces-endpoint`) and the
 access log's `trace_id` then belong to the same trace, vLLM's span under ours. Inner spans
-(`auth`, `rate_limit`, `queue`, `engine`) come from `span()`.
+(`auth`, `rate_limit`, `queue`, `engine`) come from `span()`, with the tracer the
+middleware put in the request's context (no module-level tracer).
 
 Sampling: TRACES_SAMPLE_RATIO of traces. A trace we start is decided on its (random) trace
 id; one a client continues, by a random draw whatever its parent says: a client chooses its
@@ -25,7 +26,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from components.context import request_context
 
 _NULL = contextlib.nullcontext()
-_tracer: Any = None  # set by Tracing when export is on
 _UNTRACED = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 
@@ -35,11 +35,9 @@ class Tracing:
     def __init__(self, endpoint: str | None, sample_ratio: float, protocol: str = "grpc",
                  processor: Any = None) -> None:
         """`processor`: where spans go instead of the OTLP exporter (unit tests)."""
-        global _tracer
         self.provider: Any = None
         self.tracer: Any = None
         if not endpoint:
-            _tracer = None
             return
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -53,7 +51,7 @@ class Tracing:
             resource=Resource.create({"service.name": "llm-service"}),
         )
         self.provider.add_span_processor(processor or BatchSpanProcessor(_exporter(endpoint, protocol)))
-        self.tracer = _tracer = self.provider.get_tracer("llm-service")
+        self.tracer = self.provider.get_tracer("llm-service")
 
     def shutdown(self) -> None:
         """Flush what is batched (bounded by the SDK's export timeout)."""
@@ -92,9 +90,10 @@ def _exporter(endpoint: str, protocol: str) -> Any:
     return GrpcExporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"))
 
 
-def span(name: str) -> contextlib.AbstractContextManager[Any]:
-    """A child span of the request's, or nothing when tracing is off."""
-    return _tracer.start_as_current_span(name) if _tracer is not None else _NULL
+def span(ctx: Any, name: str) -> contextlib.AbstractContextManager[Any]:
+    """A child span of the request's (`ctx`: its RequestContext), or nothing when it is not
+    traced."""
+    return ctx.tracer.start_as_current_span(name) if ctx.tracer is not None else _NULL
 
 
 class TraceMiddleware:
@@ -119,6 +118,7 @@ class TraceMiddleware:
             if name in (b"traceparent", b"tracestate"):
                 carrier.setdefault(name.decode("latin-1"), value.decode("latin-1"))  # the first one counts
         route = self.route(scope["path"])
+        request_context(scope).tracer = self.tracer
         with self.tracer.start_as_current_span(f"{scope['method']} {route}", context=self._extract(carrier),
                                                kind=self._server) as server_span:
             server_span.set_attributes({"http.request.method": scope["method"], "http.route": route})

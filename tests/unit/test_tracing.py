@@ -6,13 +6,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from components import tracing
+from components.context import RequestContext, request_context
 from components.tracing import TraceMiddleware, Tracing
 
 SAMPLED_PARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 async def ok(scope, receive, send):  # type: ignore[no-untyped-def]
-    with tracing.span("inner"):
+    with tracing.span(request_context(scope), "inner"):
         seen.append(dict(scope["headers"]).get(b"traceparent"))
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b""})
@@ -94,5 +95,6 @@ def test_the_engine_is_told_the_server_span_as_parent() -> None:
 
 
 def test_off_means_no_spans_at_all() -> None:
-    Tracing(None, 1.0)
-    assert tracing.span("anything") is tracing.span("else")  # one shared null context
+    assert Tracing(None, 1.0).tracer is None
+    ctx = RequestContext()  # no tracing middleware set its tracer
+    assert tracing.span(ctx, "anything") is tracing.span(ctx, "else")  # one shared null context
