@@ -36,17 +36,21 @@ class _Waiter:
     share: int
     priority: int = STANDARD
     since: float = field(default_factory=time.monotonic)
+    rank: int = 0  # the key's sequences in the engine when this one started
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Slot:
     """`cost` sequences running for one key; `release()` gives them back, once."""
 
-    def __init__(self, admission: Admission, key: str, cost: int, low: bool = False) -> None:
+    def __init__(self, admission: Admission, key: str, cost: int, low: bool = False, rank: int = 0) -> None:
         self._admission: Admission | None = admission
         self.key = key
         self.cost = cost
         self.low = low
+        # The key's sequences already in the engine when this one started: the engine's
+        # own queue runs a busy key's requests after others' (engine_priority()).
+        self.rank = rank
 
     def release(self) -> None:
         if self._admission is not None:
@@ -66,11 +70,13 @@ class Admission:
         low_share: float = 1.0,
         aging_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        batch_size: int | None = None,
     ) -> None:
         self.capacity = capacity
-        # The low (batch) class may hold this many sequences: the rest stays free for the
-        # classes above, so their requests start at once instead of waiting for a batch one.
-        self.low_capacity = max(1, int(capacity * low_share))
+        # The low (batch) class may hold this share of the engine's batch (`batch_size`,
+        # MAX_NUM_SEQS; `capacity` adds vLLM's own queue): the rest of the batch stays free
+        # for the classes above, so their requests start at once, not after a batch one.
+        self.low_capacity = max(1, int((batch_size or capacity) * low_share))
         self.running_low = 0
         # Waiting this long raises a request one class (5): no class starves.
         self.aging_s = aging_s
@@ -144,7 +150,7 @@ class Admission:
         self._dispatch()
         self._changed()
         if waiter.future.done():
-            return Slot(self, key, cost, low)
+            return Slot(self, key, cost, low, waiter.rank)
         try:
             async with asyncio.timeout(self.max_wait_s):
                 await asyncio.shield(waiter.future)
@@ -163,7 +169,7 @@ class Admission:
                     headers={"retry-after": "1"},
                 ) from None
             raise
-        return Slot(self, key, cost, low)
+        return Slot(self, key, cost, low, waiter.rank)
 
     def _fits_now(self, key: str, cost: int, share: int, low: bool) -> bool:
         return (self.running + cost <= self.capacity and self.running_for(key) + cost <= share
@@ -204,8 +210,17 @@ class Admission:
             self.running += chosen.cost
             if chosen.priority >= LOW:
                 self.running_low += chosen.cost
+            chosen.rank = self._running_by_key[chosen.key]
             self._running_by_key[chosen.key] += chosen.cost
             chosen.future.set_result(None)
+
+
+def engine_priority(priority: int, rank: int) -> int:
+    """The priority vLLM's scheduler sees (lower first): the class, then the key's sequences
+    already in the engine, so that in vLLM's own queue (ENGINE_QUEUE_DEPTH) a busy key's
+    requests wait behind another key's as they do in the fair queue. Bounded: vLLM carries
+    it as a 64-bit integer."""
+    return min(max(priority, 0), 1_000_000) * 10_000 + min(rank, 9_999)
 
 
 def _decrement(counts: dict[str, int], key: str, by: int) -> None:

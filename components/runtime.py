@@ -54,13 +54,13 @@ class Runtime:
         self.breaker = CircuitBreaker.from_settings(res, self._breaker_changed)
         self.metrics.breaker_state.set(State.CLOSED)
         # Without keys every caller is one tenant: no per-key shares.
-        limits = settings.limits
-        slots = settings.engine.max_num_seqs + limits.engine_queue_depth
+        limits, batch = settings.limits, settings.engine.max_num_seqs
+        slots = batch + (batch if limits.engine_queue_depth is None else limits.engine_queue_depth)
         running_share, queued_share = per_key_shares(slots, limits.max_queue_size, limits.max_inflight_per_key,
                                                      limits.max_queued_per_key) if self.keys.current.enabled else (0, 0)
         admission = Admission(slots, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
                               running_per_key=running_share, queued_per_key=queued_share, on_change=self._queue_changed,
-                              low_share=limits.priority_batch_share, aging_s=limits.priority_aging_s)
+                              low_share=limits.priority_batch_share, aging_s=limits.priority_aging_s, batch_size=batch)
         self.gate = Gate(admission, self.breaker, self._abort, res.request_timeout, self._request_failed)
         self.gpu = GpuMonitor(self.metrics, settings.server.gpu_monitor_interval)
         self.compile_cache: CompileCache | None = None

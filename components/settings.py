@@ -137,8 +137,9 @@ class LimitSettings(_Group):
     fail_open: bool = Field(True, alias="RATE_LIMIT_FAIL_OPEN")
     storage_timeout_s: float = Field(0.5, alias="RATE_LIMIT_STORAGE_TIMEOUT", gt=0, le=30)
     max_queue_size: int = Field(50, alias="MAX_QUEUE_SIZE", ge=0)
-    # Sequences admitted beyond MAX_NUM_SEQS: rendered and waiting in vLLM's own scheduler.
-    engine_queue_depth: int = Field(0, alias="ENGINE_QUEUE_DEPTH", ge=0, le=4096)
+    # Sequences admitted beyond MAX_NUM_SEQS: rendered and waiting in vLLM's own scheduler
+    # (unset: MAX_NUM_SEQS, one batch ready to refill the engine).
+    engine_queue_depth: int | None = Field(None, alias="ENGINE_QUEUE_DEPTH", ge=0, le=4096)
     # Per API key: sequences in the engine at once (unset: MAX_NUM_SEQS, no cap), and
     # requests waiting (unset: half of MAX_QUEUE_SIZE, at least 1).
     max_inflight_per_key: int | None = Field(None, alias="MAX_INFLIGHT_PER_KEY", ge=1)

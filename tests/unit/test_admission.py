@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from components.admission import Admission
+from components.admission import LOW, STANDARD, Admission, engine_priority
 from components.errors import InvalidRequest, Overloaded, RateLimited, Unavailable
 
 WAIT = 10.0
@@ -266,5 +266,37 @@ def test_aging_does_not_let_a_busy_key_overtake_another_key() -> None:
         greedy[1].release()
         await asyncio.gather(queued, polite)
         assert order == ["polite", "greedy"]
+
+    asyncio.run(scenario())
+
+
+def test_the_batch_class_share_is_of_the_engine_batch_not_of_vllms_queue_too() -> None:
+    async def scenario() -> None:
+        # 4 sequences run, 4 more wait in vLLM's queue: the batch class may hold half of the 4.
+        admission = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT, low_share=0.5, batch_size=4)
+        held = [await admission.acquire("b", priority=LOW) for _ in range(2)]
+        queued = asyncio.ensure_future(admission.acquire("b", priority=LOW))
+        await asyncio.sleep(0)
+        assert admission.running == 2 and admission.waiting == 1
+        queued.cancel()
+        for slot in held:
+            slot.release()
+
+    asyncio.run(scenario())
+
+
+def test_a_slot_carries_its_keys_rank_and_the_engine_runs_a_busy_keys_requests_last() -> None:
+    async def scenario() -> None:
+        admission = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT)
+        busy = [await admission.acquire("busy") for _ in range(3)]
+        other = await admission.acquire("other")
+        assert [slot.rank for slot in busy] == [0, 1, 2] and other.rank == 0
+        # Same class: the other key's request goes first in vLLM's queue; a class still
+        # outranks any number of a key's sequences.
+        assert engine_priority(STANDARD, other.rank) < engine_priority(STANDARD, busy[2].rank)
+        assert engine_priority(0, 10**6) < engine_priority(STANDARD, 0)
+        assert engine_priority(10**30, 10**30) < 2**63  # vLLM carries it as a 64-bit integer
+        for slot in (*busy, other):
+            slot.release()
 
     asyncio.run(scenario())
