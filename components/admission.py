@@ -36,21 +36,22 @@ class _Waiter:
     share: int
     priority: int = STANDARD
     since: float = field(default_factory=time.monotonic)
-    rank: int = 0  # the key's sequences in the engine when this one started
+    # Set when it starts: the key's sequences already in the engine, its class then (aged).
+    rank: int = 0
+    started_as: int = STANDARD
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Slot:
-    """`cost` sequences running for one key; `release()` gives them back, once."""
+    """`cost` sequences running for one key; `release()` gives them back, once. `priority`:
+    what vLLM's scheduler is to see (engine_priority())."""
 
-    def __init__(self, admission: Admission, key: str, cost: int, low: bool = False, rank: int = 0) -> None:
+    def __init__(self, admission: Admission, waiter: _Waiter) -> None:
         self._admission: Admission | None = admission
-        self.key = key
-        self.cost = cost
-        self.low = low
-        # The key's sequences already in the engine when this one started: the engine's
-        # own queue runs a busy key's requests after others' (engine_priority()).
-        self.rank = rank
+        self.key = waiter.key
+        self.cost = waiter.cost
+        self.low = waiter.started_as >= LOW
+        self.priority = engine_priority(waiter.started_as, waiter.rank)
 
     def release(self) -> None:
         if self._admission is not None:
@@ -76,7 +77,8 @@ class Admission:
         # The low (batch) class may hold this share of the engine's batch (`batch_size`,
         # MAX_NUM_SEQS; `capacity` adds vLLM's own queue): the rest of the batch stays free
         # for the classes above, so their requests start at once, not after a batch one.
-        self.low_capacity = max(1, int((batch_size or capacity) * low_share))
+        self.batch_size = batch_size or capacity
+        self.low_capacity = max(1, int(self.batch_size * low_share))
         self.running_low = 0
         # Waiting this long raises a request one class (5): no class starves.
         self.aging_s = aging_s
@@ -132,8 +134,7 @@ class Admission:
             )
         # After every change _dispatch() has started whatever fits, so a request that fits
         # now starts now; one that does not must find a place in the queue.
-        low = priority >= LOW
-        if not self._fits_now(key, cost, share, low):
+        if not self._fits_now(key, cost, share, priority >= LOW):
             if len(self._queue) >= self.max_waiting:
                 raise Overloaded(
                     f"The server is at capacity ({self.capacity} sequences running, {self.max_waiting} queued); "
@@ -150,14 +151,14 @@ class Admission:
         self._dispatch()
         self._changed()
         if waiter.future.done():
-            return Slot(self, key, cost, low, waiter.rank)
+            return Slot(self, waiter)
         try:
             async with asyncio.timeout(self.max_wait_s):
                 await asyncio.shield(waiter.future)
         except BaseException as exc:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 # Granted in the meantime, but nobody will use it: give it back.
-                Slot(self, key, cost, low).release()
+                Slot(self, waiter).release()
             elif waiter in self._queue:
                 self._queue.remove(waiter)
                 self._dequeued(waiter)
@@ -169,21 +170,28 @@ class Admission:
                     headers={"retry-after": "1"},
                 ) from None
             raise
-        return Slot(self, key, cost, low, waiter.rank)
+        return Slot(self, waiter)
 
     def _fits_now(self, key: str, cost: int, share: int, low: bool) -> bool:
+        """A batch-class request starts only into a free place of the engine's batch: in
+        vLLM's queue (beyond `batch_size`) the classes above would overtake it for as long
+        as they keep coming, where no aging reaches it."""
         return (self.running + cost <= self.capacity and self.running_for(key) + cost <= share
-                and (not low or self.running_low + cost <= self.low_capacity))
+                and (not low or (self.running_low + cost <= self.low_capacity
+                                 and self.running + cost <= self.batch_size)))
 
-    def _rank(self, waiter: _Waiter, now: float) -> tuple[float, int, float]:
-        """Class first (aged by its wait), then the key's running sequences, then age. Only a
-        key with nothing running ages: aging is against starvation, and a key whose
+    def _aged(self, waiter: _Waiter, now: float) -> int:
+        """Its class, raised one step (5) per `aging_s` waited while its key has nothing
+        running. Only such a key ages: aging is against starvation, and a key whose
         sequences run is not starving; were it to age, a busy key's old queued requests
         would outrank another key's fresh ones and defeat the fairness between keys."""
-        running = self.running_for(waiter.key)
-        steps = int((now - waiter.since) / self.aging_s) if self.aging_s and not running else 0
-        aged = waiter.priority - STANDARD * steps
-        return aged, running, waiter.since
+        if not self.aging_s or self.running_for(waiter.key):
+            return waiter.priority
+        return max(0, waiter.priority - STANDARD * int((now - waiter.since) / self.aging_s))
+
+    def _rank(self, waiter: _Waiter, now: float) -> tuple[float, int, float]:
+        """Class first (aged by its wait), then the key's running sequences, then age."""
+        return self._aged(waiter, now), self.running_for(waiter.key), waiter.since
 
     def _release(self, key: str, cost: int, low: bool = False) -> None:
         self.running -= cost
@@ -200,17 +208,18 @@ class Admission:
             heads: dict[str, _Waiter] = {}
             for waiter in self._queue:
                 heads.setdefault(waiter.key, waiter)
-            ready = [w for w in heads.values() if self._fits_now(w.key, w.cost, w.share, w.priority >= LOW)]
+            now = self._clock()
+            ready = [w for w in heads.values() if self._fits_now(w.key, w.cost, w.share, self._aged(w, now) >= LOW)]
             if not ready:
                 return
-            now = self._clock()
             chosen = min(ready, key=lambda w: self._rank(w, now))
             self._queue.remove(chosen)
             self._dequeued(chosen)
+            chosen.started_as = self._aged(chosen, now)
+            chosen.rank = self.running_for(chosen.key)
             self.running += chosen.cost
-            if chosen.priority >= LOW:
+            if chosen.started_as >= LOW:
                 self.running_low += chosen.cost
-            chosen.rank = self._running_by_key[chosen.key]
             self._running_by_key[chosen.key] += chosen.cost
             chosen.future.set_result(None)
 

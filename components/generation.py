@@ -23,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from components.admission import engine_priority
 from components.context import RequestContext, request_context
 from components.errors import (
     ClientClosed,
@@ -195,7 +194,7 @@ class GenerationResponse(Response):
                     ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight,
                                                    gen.priority)
                 ticket.interrupt = interrupts.interrupt
-                gen.body.priority = engine_priority(gen.priority, ticket.slot.rank)
+                gen.body.priority = ticket.slot.priority
                 async with ticket:
                     with span(ctx, "engine"):
                         chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)

@@ -285,18 +285,41 @@ def test_the_batch_class_share_is_of_the_engine_batch_not_of_vllms_queue_too() -
     asyncio.run(scenario())
 
 
-def test_a_slot_carries_its_keys_rank_and_the_engine_runs_a_busy_keys_requests_last() -> None:
+def test_vllms_queue_keeps_the_fair_order_a_busy_key_after_another() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT)
+        admission = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT, batch_size=4)
         busy = [await admission.acquire("busy") for _ in range(3)]
         other = await admission.acquire("other")
-        assert [slot.rank for slot in busy] == [0, 1, 2] and other.rank == 0
-        # Same class: the other key's request goes first in vLLM's queue; a class still
-        # outranks any number of a key's sequences.
-        assert engine_priority(STANDARD, other.rank) < engine_priority(STANDARD, busy[2].rank)
+        # The priority vLLM sees: the class, then the key's sequences already in the engine.
+        assert [slot.priority for slot in busy] == [engine_priority(STANDARD, rank) for rank in range(3)]
+        assert other.priority == engine_priority(STANDARD, 0) < busy[2].priority
+        # A class still outranks any number of a key's sequences; the value stays a 64-bit int.
         assert engine_priority(0, 10**6) < engine_priority(STANDARD, 0)
-        assert engine_priority(10**30, 10**30) < 2**63  # vLLM carries it as a 64-bit integer
+        assert engine_priority(10**30, 10**30) < 2**63
         for slot in (*busy, other):
             slot.release()
+
+    asyncio.run(scenario())
+
+
+def test_the_batch_class_never_waits_in_vllms_queue_and_an_aged_request_carries_its_aged_class() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        # 2 sequences run, 2 more may wait in vLLM's queue.
+        admission = Admission(capacity=4, max_waiting=8, max_wait_s=WAIT, batch_size=2, aging_s=10, clock=clock)
+        held = [await admission.acquire("s1"), await admission.acquire("s2")]
+        batch = asyncio.ensure_future(admission.acquire("b", priority=LOW))
+        standard = await admission.acquire("s3")  # vLLM's queue: a standard request may wait there
+        await asyncio.sleep(0)
+        assert not batch.done() and admission.running == 3
+        # Aged one class (its key has nothing running), it is a standard request: it may
+        # wait in vLLM's queue, and vLLM sees the aged class.
+        clock.now += 11
+        standard.release()
+        aged = await batch
+        assert not aged.low and aged.priority == engine_priority(STANDARD, 0)
+        for slot in (*held, aged):
+            slot.release()
+        assert admission.running == 0 and admission.running_low == 0
 
     asyncio.run(scenario())
