@@ -36,9 +36,9 @@ class _Waiter:
     share: int
     priority: int = STANDARD
     since: float = field(default_factory=time.monotonic)
-    # Set when it starts: the key's sequences already in the engine, its class then (aged).
-    rank: int = 0
+    # Set when it starts: its class then (aged), and the priority vLLM is to see.
     started_as: int = STANDARD
+    engine_priority: int = 0
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -51,7 +51,7 @@ class Slot:
         self.key = waiter.key
         self.cost = waiter.cost
         self.low = waiter.started_as >= LOW
-        self.priority = engine_priority(waiter.started_as, waiter.rank)
+        self.priority = waiter.engine_priority
 
     def release(self) -> None:
         if self._admission is not None:
@@ -77,12 +77,15 @@ class Admission:
         # The low (batch) class may hold this share of the engine's batch (`batch_size`,
         # MAX_NUM_SEQS; `capacity` adds vLLM's own queue): the rest of the batch stays free
         # for the classes above, so their requests start at once, not after a batch one.
-        self.batch_size = batch_size or capacity
-        self.low_capacity = max(1, int(self.batch_size * low_share))
+        self.low_capacity = max(1, int((batch_size or capacity) * low_share))
         self.running_low = 0
         # Waiting this long raises a request one class (5): no class starves.
         self.aging_s = aging_s
         self._clock = clock
+        # vLLM's priorities: milliseconds since this epoch, one unit per class step (1/5 of
+        # aging_s) and per sequence a key already runs (engine_priority()).
+        self._epoch = clock()
+        self._unit_ms = int(aging_s * 1000 / STANDARD) if aging_s else 10**9
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
         # A share above capacity would let a request wait for room that never comes.
@@ -173,12 +176,8 @@ class Admission:
         return Slot(self, waiter)
 
     def _fits_now(self, key: str, cost: int, share: int, low: bool) -> bool:
-        """A batch-class request starts only into a free place of the engine's batch: in
-        vLLM's queue (beyond `batch_size`) the classes above would overtake it for as long
-        as they keep coming, where no aging reaches it."""
         return (self.running + cost <= self.capacity and self.running_for(key) + cost <= share
-                and (not low or (self.running_low + cost <= self.low_capacity
-                                 and self.running + cost <= self.batch_size)))
+                and (not low or self.running_low + cost <= self.low_capacity))
 
     def _aged(self, waiter: _Waiter, now: float) -> int:
         """Its class, raised one step (5) per `aging_s` waited while its key has nothing
@@ -216,7 +215,10 @@ class Admission:
             self._queue.remove(chosen)
             self._dequeued(chosen)
             chosen.started_as = self._aged(chosen, now)
-            chosen.rank = self.running_for(chosen.key)
+            # n x prompts engine requests share one priority: rank it as its last one.
+            rank = self.running_for(chosen.key) + chosen.cost - 1
+            chosen.engine_priority = engine_priority(int((chosen.since - self._epoch) * 1000), chosen.priority,
+                                                     rank, self._unit_ms)
             self.running += chosen.cost
             if chosen.started_as >= LOW:
                 self.running_low += chosen.cost
@@ -224,12 +226,15 @@ class Admission:
             chosen.future.set_result(None)
 
 
-def engine_priority(priority: int, rank: int) -> int:
-    """The priority vLLM's scheduler sees (lower first): the class, then the key's sequences
-    already in the engine, so that in vLLM's own queue (ENGINE_QUEUE_DEPTH) a busy key's
-    requests wait behind another key's as they do in the fair queue. Bounded: vLLM carries
-    it as a 64-bit integer."""
-    return min(max(priority, 0), 1_000_000) * 10_000 + min(rank, 9_999)
+def engine_priority(arrived_ms: int, priority: int, rank: int, unit_ms: int) -> int:
+    """The priority vLLM's scheduler sees (lower first) for the requests that wait in its
+    own queue (ENGINE_QUEUE_DEPTH): a virtual time, in ms, of when the request arrived plus
+    one unit per step of its class (interactive 0, standard 5, batch 10) and per sequence
+    its key already had in the engine (`rank`). So in vLLM's queue, which never ages, a
+    batch request waits behind standard ones that arrived up to 5 units (the fair queue's
+    aging: PRIORITY_AGING_SECONDS) after it and no longer, and a busy key's request behind
+    another key's in the same way. Below 2**63: vLLM carries it as a 64-bit integer."""
+    return max(0, arrived_ms) + (min(max(priority, 0), 10_000) + min(max(rank, 0), 10_000)) * unit_ms
 
 
 def _decrement(counts: dict[str, int], key: str, by: int) -> None:

@@ -287,39 +287,38 @@ def test_the_batch_class_share_is_of_the_engine_batch_not_of_vllms_queue_too() -
 
 def test_vllms_queue_keeps_the_fair_order_a_busy_key_after_another() -> None:
     async def scenario() -> None:
-        admission = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT, batch_size=4)
+        clock = Clock()
+        admission = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT, aging_s=10, clock=clock)
         busy = [await admission.acquire("busy") for _ in range(3)]
         other = await admission.acquire("other")
-        # The priority vLLM sees: the class, then the key's sequences already in the engine.
-        assert [slot.priority for slot in busy] == [engine_priority(STANDARD, rank) for rank in range(3)]
-        assert other.priority == engine_priority(STANDARD, 0) < busy[2].priority
-        # A class still outranks any number of a key's sequences; the value stays a 64-bit int.
-        assert engine_priority(0, 10**6) < engine_priority(STANDARD, 0)
-        assert engine_priority(10**30, 10**30) < 2**63
-        for slot in (*busy, other):
+        # The same moment: another key's request goes ahead of a busy key's third.
+        assert other.priority < busy[2].priority and busy[0].priority < busy[1].priority < busy[2].priority
+        # n x prompts sequences share one priority, ranked as their last.
+        fan_out = await admission.acquire("other", cost=3)
+        assert fan_out.priority == engine_priority(0, STANDARD, 1 + 2, 2000)
+        for slot in (*busy, other, fan_out):
             slot.release()
 
     asyncio.run(scenario())
 
 
-def test_the_batch_class_never_waits_in_vllms_queue_and_an_aged_request_carries_its_aged_class() -> None:
+def test_vllms_queue_ages_like_the_fair_queue() -> None:
     async def scenario() -> None:
         clock = Clock()
-        # 2 sequences run, 2 more may wait in vLLM's queue.
-        admission = Admission(capacity=4, max_waiting=8, max_wait_s=WAIT, batch_size=2, aging_s=10, clock=clock)
-        held = [await admission.acquire("s1"), await admission.acquire("s2")]
-        batch = asyncio.ensure_future(admission.acquire("b", priority=LOW))
-        standard = await admission.acquire("s3")  # vLLM's queue: a standard request may wait there
-        await asyncio.sleep(0)
-        assert not batch.done() and admission.running == 3
-        # Aged one class (its key has nothing running), it is a standard request: it may
-        # wait in vLLM's queue, and vLLM sees the aged class.
-        clock.now += 11
-        standard.release()
-        aged = await batch
-        assert not aged.low and aged.priority == engine_priority(STANDARD, 0)
-        for slot in (*held, aged):
+        admission = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT, aging_s=10, clock=clock)
+        batch = await admission.acquire("b", priority=LOW)
+        clock.now += 9.9  # a standard request less than one aging step later goes first...
+        soon = await admission.acquire("s1")
+        clock.now += 0.2  # ...one arriving after that does not: no class starves in vLLM's queue
+        later = await admission.acquire("s2")
+        assert soon.priority < batch.priority < later.priority
+        # Never aging (0): the classes are strict, and the value stays a 64-bit integer.
+        strict = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT, aging_s=0, clock=clock)
+        first_batch = await strict.acquire("b", priority=LOW)
+        clock.now += 10**6
+        assert (await strict.acquire("s")).priority < first_batch.priority
+        assert engine_priority(2**62, 10**30, 10**30, 10**9) < 2**63
+        for slot in (batch, soon, later):
             slot.release()
-        assert admission.running == 0 and admission.running_low == 0
 
     asyncio.run(scenario())
