@@ -82,10 +82,11 @@ class Admission:
         # Waiting this long raises a request one class (5): no class starves.
         self.aging_s = aging_s
         self._clock = clock
-        # vLLM's priorities: milliseconds since this epoch, one unit per class step (1/5 of
-        # aging_s) and per sequence a key already runs (engine_priority()).
+        # vLLM's priorities (engine_priority()): milliseconds since this epoch, a unit per
+        # class step (1/5 of aging_s) and `max_wait_s` per sequence a key already runs.
         self._epoch = clock()
-        self._unit_ms = int(aging_s * 1000 / STANDARD) if aging_s else 10**9
+        self._class_ms = int(aging_s * 1000 / STANDARD) if aging_s else 10**9
+        self._rank_ms = min(int(max_wait_s * 1000), 10**9)
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
         # A share above capacity would let a request wait for room that never comes.
@@ -218,7 +219,7 @@ class Admission:
             # n x prompts engine requests share one priority: rank it as its last one.
             rank = self.running_for(chosen.key) + chosen.cost - 1
             chosen.engine_priority = engine_priority(int((chosen.since - self._epoch) * 1000), chosen.priority,
-                                                     rank, self._unit_ms)
+                                                     rank, self._class_ms, self._rank_ms)
             self.running += chosen.cost
             if chosen.started_as >= LOW:
                 self.running_low += chosen.cost
@@ -226,15 +227,17 @@ class Admission:
             chosen.future.set_result(None)
 
 
-def engine_priority(arrived_ms: int, priority: int, rank: int, unit_ms: int) -> int:
+def engine_priority(arrived_ms: int, priority: int, rank: int, class_ms: int, rank_ms: int) -> int:
     """The priority vLLM's scheduler sees (lower first) for the requests that wait in its
-    own queue (ENGINE_QUEUE_DEPTH): a virtual time, in ms, of when the request arrived plus
-    one unit per step of its class (interactive 0, standard 5, batch 10) and per sequence
-    its key already had in the engine (`rank`). So in vLLM's queue, which never ages, a
-    batch request waits behind standard ones that arrived up to 5 units (the fair queue's
-    aging: PRIORITY_AGING_SECONDS) after it and no longer, and a busy key's request behind
-    another key's in the same way. Below 2**63: vLLM carries it as a 64-bit integer."""
-    return max(0, arrived_ms) + (min(max(priority, 0), 10_000) + min(max(rank, 0), 10_000)) * unit_ms
+    own queue (ENGINE_QUEUE_DEPTH): a virtual time, in ms, of when the request arrived, plus
+    `class_ms` per step of its class (interactive 0, standard 5, batch 10) and `rank_ms` per
+    sequence its key already had in the engine (`rank`). vLLM's queue never ages; this way
+    a batch request there waits behind standard ones that arrived up to 5 `class_ms` (the
+    fair queue's aging, PRIORITY_AGING_SECONDS) after it and no longer, and a busy key's
+    request behind another key's that arrived up to `rank_ms` (the fair queue's bounded
+    wait, QUEUE_TIMEOUT_SECONDS) per sequence later. Below 2**63: vLLM carries an int64."""
+    return (max(0, arrived_ms) + min(max(priority, 0), 10_000) * class_ms
+            + min(max(rank, 0), 10_000) * rank_ms)
 
 
 def _decrement(counts: dict[str, int], key: str, by: int) -> None:

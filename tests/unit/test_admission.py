@@ -295,7 +295,13 @@ def test_vllms_queue_keeps_the_fair_order_a_busy_key_after_another() -> None:
         assert other.priority < busy[2].priority and busy[0].priority < busy[1].priority < busy[2].priority
         # n x prompts sequences share one priority, ranked as their last.
         fan_out = await admission.acquire("other", cost=3)
-        assert fan_out.priority == engine_priority(0, STANDARD, 1 + 2, 2000)
+        assert fan_out.priority == engine_priority(0, STANDARD, 1 + 2, 2000, int(WAIT * 1000))
+        # Minutes later, with a short aging step, the other key still goes first: a busy
+        # key's request yields for up to max_wait_s per sequence its key runs.
+        quick = Admission(capacity=16, max_waiting=8, max_wait_s=600, aging_s=1, clock=clock)
+        greedy = [await quick.acquire("greedy") for _ in range(8)]
+        clock.now += 120
+        assert (await quick.acquire("polite")).priority < min(slot.priority for slot in greedy[4:])
         for slot in (*busy, other, fan_out):
             slot.release()
 
@@ -317,7 +323,7 @@ def test_vllms_queue_ages_like_the_fair_queue() -> None:
         first_batch = await strict.acquire("b", priority=LOW)
         clock.now += 10**6
         assert (await strict.acquire("s")).priority < first_batch.priority
-        assert engine_priority(2**62, 10**30, 10**30, 10**9) < 2**63
+        assert engine_priority(2**62, 10**30, 10**30, 10**9, 10**9) < 2**63
         for slot in (batch, soon, later):
             slot.release()
 
