@@ -136,6 +136,12 @@ class Admission:
                 f"The request asks for {cost} sequences (n x prompts); at most {share} run at once "
                 "for one key.", param="n", code="too_many_sequences",
             )
+        if priority >= LOW and cost > self.low_capacity and not self.aging_s:
+            # It could only start as a batch request, which it never fits as, nor ages out of.
+            raise InvalidRequest(
+                f"The request asks for {cost} sequences (n x prompts); the batch class runs at most "
+                f"{self.low_capacity} at once.", param="n", code="too_many_sequences",
+            )
         # After every change _dispatch() has started whatever fits, so a request that fits
         # now starts now; one that does not must find a place in the queue.
         if not self._fits_now(key, cost, share, priority >= LOW):

@@ -328,3 +328,20 @@ def test_vllms_queue_ages_like_the_fair_queue() -> None:
             slot.release()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_request_that_could_never_start_is_refused_at_once() -> None:
+    async def scenario() -> None:
+        never_ages = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT, low_share=0.5, aging_s=0)
+        with pytest.raises(InvalidRequest):
+            await never_ages.acquire("b", cost=5, priority=LOW)  # the batch class holds at most 4
+        fits = await never_ages.acquire("b", cost=4, priority=LOW)
+        fits.release()
+        # With aging it waits: once aged it is no longer held to the batch share.
+        ages = Admission(capacity=8, max_waiting=8, max_wait_s=WAIT, low_share=0.5, aging_s=10)
+        pending = asyncio.ensure_future(ages.acquire("b", cost=5, priority=LOW))
+        await asyncio.sleep(0)
+        assert ages.waiting == 1
+        pending.cancel()
+
+    asyncio.run(scenario())
