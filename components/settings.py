@@ -140,7 +140,7 @@ class LimitSettings(_Group):
     # Sequences admitted beyond MAX_NUM_SEQS: rendered and waiting in vLLM's own scheduler
     # (unset: MAX_NUM_SEQS, one batch ready to refill the engine).
     engine_queue_depth: int | None = Field(None, alias="ENGINE_QUEUE_DEPTH", ge=0, le=4096)
-    # Per API key: sequences in the engine at once (unset: MAX_NUM_SEQS, no cap), and
+    # Per API key: sequences in the engine at once (unset: all, MAX_NUM_SEQS + ENGINE_QUEUE_DEPTH), and
     # requests waiting (unset: half of MAX_QUEUE_SIZE, at least 1).
     max_inflight_per_key: int | None = Field(None, alias="MAX_INFLIGHT_PER_KEY", ge=1)
     max_queued_per_key: int | None = Field(None, alias="MAX_QUEUED_PER_KEY", ge=1)
