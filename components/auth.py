@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,11 +38,17 @@ def presented_key(scope: Scope) -> str | None:
     return None
 
 
+# Why a request was refused, the bounded label values of vllm_auth_failures_total.
+AUTH_FAILURE_REASONS = ("missing", "invalid", "disabled", "expired", "not_admin")
+
+
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: PolicySource, protect_metrics: bool = False) -> None:
+    def __init__(self, app: ASGIApp, keys: PolicySource, protect_metrics: bool = False,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.keys = keys
         self.public = public_paths(protect_metrics)
+        self.on_refused = on_refused or (lambda reason: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One policy for the whole request, even if a reload swaps it meanwhile.
@@ -59,6 +66,7 @@ class AuthMiddleware:
             ctx.policy = found
             if scope["path"] in ADMIN_PATHS and not found.admin:
                 ctx.error_type = "permission_denied"
+                self.on_refused("not_admin")
                 await send_error(send, PermissionDenied("This route needs an admin key."))
                 return
             await self.app(scope, receive, send)
@@ -68,5 +76,9 @@ class AuthMiddleware:
             return
         message = refusal or ("Missing API key." if presented is None else "Invalid API key.")
         ctx.error_type = "invalid_api_key"
+        if found is not None:
+            self.on_refused("disabled" if found.disabled else "expired")
+        else:
+            self.on_refused("missing" if presented is None else "invalid")
         how = " Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
         await send_error(send, AuthenticationFailed(message + how))

@@ -29,7 +29,32 @@ def parse_engine_args(spec: EngineSpec) -> Namespace:
     return parser.parse_args(spec.cli_args)
 
 
-async def start_engine(args: Namespace) -> AsyncLLM:
+def waiting_stat_logger(waiting_outside: Callable[[], int]) -> type:
+    """vLLM's Prometheus stat logger, except that `vllm:num_requests_waiting` also counts
+    the requests waiting in the service's fair queue, in front of the engine.
+
+    Autoscalers (KEDA, HPA through prometheus-adapter) and routers (the Gateway API
+    Inference Extension's endpoint picker, vLLM's production-stack) read that gauge by
+    name. The engine alone sees at most ENGINE_QUEUE_DEPTH sequences waiting: under
+    overload the rest wait in our queue, where those tools would never see them.
+    `vllm:num_requests_waiting_by_reason` keeps the engine's own count. Given to AsyncLLM
+    as its Prometheus logger (vLLM then adds no default one), so every other `vllm:*`
+    metric stays vLLM's own.
+    """
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    class WaitingIncludesQueue(PrometheusStatLogger):
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                   engine_idx: int = 0) -> None:
+            super().record(scheduler_stats, iteration_stats, mm_cache_stats, engine_idx)
+            if scheduler_stats is not None:
+                engine_waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+                self.gauge_scheduler_waiting[engine_idx].set(engine_waiting + waiting_outside())
+
+    return WaitingIncludesQueue
+
+
+async def start_engine(args: Namespace, waiting_outside: Callable[[], int] = lambda: 0) -> AsyncLLM:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -40,7 +65,8 @@ async def start_engine(args: Namespace) -> AsyncLLM:
     # meanwhile. Created outside the loop, AsyncLLM starts its output handler lazily on
     # the first generate(), from the loop.
     engine = await asyncio.to_thread(
-        AsyncLLM.from_engine_args, engine_args, usage_context=UsageContext.OPENAI_API_SERVER
+        AsyncLLM.from_engine_args, engine_args, usage_context=UsageContext.OPENAI_API_SERVER,
+        stat_loggers=[waiting_stat_logger(waiting_outside)],
     )
     logger.info("engine started in %.1f s", time.monotonic() - started)
     return engine

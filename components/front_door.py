@@ -42,6 +42,10 @@ class FrontDoor:
     health: tuple[StatusSource, Callable[[], tuple[bool, str]]] | None = None
     tracer: Any = None  # components/tracing.py; none: no server span (tracing off)
 
+    def _auth_refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_failures.labels(reason).inc()
+
     def build(self, app: ASGIApp) -> ASGIApp:
         """Outermost first. The request id comes first so that every answer, refusals
         included, carries one; the access log sees every outcome. CORS sits outside
@@ -58,7 +62,7 @@ class FrontDoor:
             AnthropicErrors,
             lambda a: HeaderLimitMiddleware(a, self.max_header_bytes),
             lambda a: PublicMethodsMiddleware(a, public),
-            lambda a: AuthMiddleware(a, self.keys, protect_metrics=self.protect_metrics),
+            lambda a: AuthMiddleware(a, self.keys, protect_metrics=self.protect_metrics, on_refused=self._auth_refused),
             lambda a: RateLimitMiddleware(a, self.limiter, self.on_rate_limited, public),
             lambda a: BodyLimitMiddleware(a, self.max_request_bytes, self.body_read_timeout_s),
         ]

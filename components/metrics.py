@@ -80,6 +80,10 @@ class Metrics:
         self.rate_limited = Counter(
             "vllm_rate_limited_total", "Requests refused by a rate limit, by kind.", ["kind"], registry=None,
         )
+        self.auth_failures = Counter(
+            "vllm_auth_failures_total", "Requests refused by authentication, by reason (missing, invalid, "
+            "disabled, expired, not_admin).", ["reason"], registry=None,
+        )
         self.limiter_errors = Counter(
             "vllm_rate_limit_storage_errors_total", "Failed calls to the rate-limit storage.", registry=None,
         )

@@ -4,6 +4,11 @@ Requests use the moving-window strategy: it keeps each hit's timestamp, so no wi
 lets a double burst through and the count is exact across replicas sharing one Redis.
 Tokens are reserved and settled by the generation path (components/ledger.py); here they
 only give the x-ratelimit-*-tokens headers and refuse a key whose window is already full.
+
+While a shared storage (Redis) is unreachable or slow, each replica limits alone, to its
+share of each limit (limit / RATE_LIMIT_REPLICAS): an outage makes a limit less exact, not
+absent. The local windows count every request this replica admitted, through the storage
+or alone, so a replica that already used its share before the outage gets nothing more.
 """
 
 from __future__ import annotations
@@ -72,6 +77,16 @@ def rejection(window: Window, message: str, shown: list[Window]) -> RateLimited:
     return RateLimited(message, headers=headers)
 
 
+# After a failed storage call, requests are limited locally for this long before the
+# storage is tried again: an outage costs each request at most one timeout per period, and
+# the log one line per outage.
+STORAGE_RETRY_S = 2.0
+
+
+class _StorageDown(Exception):
+    pass
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -90,6 +105,11 @@ class RateLimiter:
             )
         self.storage = storage_from_string(uri, **options)
         self._requests = MovingWindowRateLimiter(self.storage)
+        # This replica's own windows: what it admitted, the limit while the storage is down.
+        self._local = MovingWindowRateLimiter(storage_from_string("async+memory://"))
+        self.replicas = settings.replicas
+        self._retry_at = 0.0  # monotonic; storage calls are skipped until then
+        self._failures = 0
         self.window_s = max(1, round(settings.window_minutes * 60))
         self.default_limit = settings.default_rate_limit
         self.global_limit = settings.global_rate_limit
@@ -110,31 +130,52 @@ class RateLimiter:
         return RateLimitItemPerSecond(limit, seconds)
 
     async def _guard(self, operation):  # type: ignore[no-untyped-def]
-        """Storage calls never hang and never surface as a 500: fail open or closed."""
+        """Storage calls never hang and never surface as a 500: a failure raises _StorageDown
+        (counted; logged once per outage), and the storage rests for STORAGE_RETRY_S."""
         if self.backend == "memory":
             # In-process: it cannot hang, and a time limit would only measure the event
             # loop's lag, so a loaded loop failed open and let requests past the limit.
             return await operation
+        if time.monotonic() < self._retry_at:
+            operation.close()
+            raise _StorageDown
         try:
             # asyncio.timeout, not wait_for: no extra task per call on the request path.
             async with asyncio.timeout(self.timeout_s):
-                return await operation
+                result = await operation
         except (TimeoutError, StorageError, OSError) as exc:
             self._on_storage_error()
-            logger.error("rate-limit storage (%s) unavailable: %s", self.backend, type(exc).__name__)
-            if self.fail_open:
-                return None
-            raise Unavailable("Rate limiting is unavailable; retry later.", code="rate_limiter_unavailable",
-                              headers={"retry-after": "1"}) from None
+            self._retry_at = time.monotonic() + STORAGE_RETRY_S
+            if not self._failures:
+                logger.error("rate-limit storage (%s) unavailable: %s; %s", self.backend, type(exc).__name__,
+                             f"limiting to this replica's share (1/{self.replicas})" if self.fail_open
+                             else "refusing requests")
+            self._failures += 1
+            raise _StorageDown from None
+        if self._failures:
+            logger.warning("rate-limit storage (%s) is back after %d failed call(s)", self.backend, self._failures)
+            self._failures = 0
+        return result
 
-    async def _hit(self, kind: str, limit: int, identity: str) -> tuple[bool, Window] | None:
+    async def _hit(self, kind: str, limit: int, identity: str) -> tuple[bool, Window]:
         item = self._item(limit, self.window_s)
-        allowed = await self._guard(self._requests.hit(item, kind, identity))
-        if allowed is None:
-            return None
-        stats = await self._guard(self._requests.get_window_stats(item, kind, identity))
-        reset = max(0.0, stats.reset_time - self._clock()) if stats else float(self.window_s)
-        return bool(allowed), Window("requests", limit, stats.remaining if stats else 0, reset)
+        share = self._item(max(1, limit // self.replicas), self.window_s)
+        try:
+            allowed = await self._guard(self._requests.hit(item, kind, identity))
+            stats = await self._guard(self._requests.get_window_stats(item, kind, identity))
+        except _StorageDown:
+            if not self.fail_open:
+                raise Unavailable("Rate limiting is unavailable; retry later.", code="rate_limiter_unavailable",
+                                  headers={"retry-after": "1"}) from None
+            allowed = await self._local.hit(share, kind, identity)
+            stats = await self._local.get_window_stats(share, kind, identity)
+            reset = max(0.0, stats.reset_time - time.time())
+            return allowed, Window("requests", share.amount, stats.remaining, reset)
+        if allowed and self.backend != "memory":
+            # Recorded here too: once the storage fails, this replica's share is what is left.
+            await self._local.hit(share, kind, identity)
+        reset = max(0.0, stats.reset_time - self._clock())
+        return bool(allowed), Window("requests", limit, stats.remaining, reset)
 
     async def admit(self, identity: str, policy: Any = None, tenant: str | None = None) -> list[Window]:
         """Count one request; raise RateLimited (with headers) when over a limit. Tokens are
@@ -142,18 +183,16 @@ class RateLimiter:
         windows: list[Window] = []
         limit = self.limit_for(policy)
         if limit > 0:
-            hit = await self._hit("req", limit, identity)
-            if hit:
-                allowed, window = hit
-                windows.append(window)
-                if not allowed:
-                    per = openai_duration(self.window_s)
-                    raise rejection(window, f"Rate limit reached: {limit} requests per {per}.", windows)
+            allowed, window = await self._hit("req", limit, identity)
+            windows.append(window)
+            if not allowed:
+                per = openai_duration(self.window_s)
+                raise rejection(window, f"Rate limit reached: {window.limit} requests per {per}.", windows)
         if self.global_limit > 0:
-            hit = await self._hit("global", self.global_limit, "all")
+            allowed, window = await self._hit("global", self.global_limit, "all")
             # The global window is not the caller's own: it sets retry-after only.
-            if hit and not hit[0]:
-                raise rejection(hit[1], "The service's global rate limit is reached.", windows)
+            if not allowed:
+                raise rejection(window, "The service's global rate limit is reached.", windows)
         limits = token_limits(policy, self.tokens_per_minute)
         if limits.per_minute > 0:
             used, bucket = (await self.ledger.used(tenant or identity, limits))["minute"]

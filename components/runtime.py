@@ -119,7 +119,7 @@ class Runtime:
 
         aliases = build_aliases(spec.served_name, settings.api.model_aliases)
         args = engine_mod.parse_engine_args(spec)
-        self.engine = await engine_mod.start_engine(args)
+        self.engine = await engine_mod.start_engine(args, lambda: self.gate.admission.waiting)
         try:
             self.bridge = await OpenAIBridge.create(self.engine, args)
             app = build_openai_app(

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,14 +29,13 @@ MAX_NUM_SEQS = 4
 MAX_QUEUE_SIZE = 4
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def running_redis(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real redis-server on a free loopback port, stopped by its PID at the end."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (make test installs it with apt-get)")
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
@@ -49,10 +50,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except redis.ConnectionError:
             time.sleep(0.1)
     try:
-        yield url
+        yield url, process
     finally:
+        process.send_signal(signal.SIGCONT)  # a test may have paused it: SIGTERM would wait
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_redis(tmp_path_factory.mktemp("redis")) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")

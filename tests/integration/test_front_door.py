@@ -4,12 +4,15 @@ against the real service."""
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 import time
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from components.ratelimit import STORAGE_RETRY_S
 from harness.server import free_port, wait_until
 from tests.integration.conftest import (
     ALL_KEYS,
@@ -23,6 +26,7 @@ from tests.integration.conftest import (
     TOKENS_KEY,
     TOKENS_PER_MINUTE,
     WINDOW_MINUTES,
+    running_redis,
 )
 from tests.integration.frontdoor import front_door, get_models
 
@@ -33,7 +37,19 @@ def openai_client(server, key: str, retries: int = 0) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=retries, timeout=120)
 
 
+def auth_failures(server) -> dict[str, float]:
+    """vllm_auth_failures_total by reason."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics", timeout=10).text):
+        if family.name == "vllm_auth_failures":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["reason"]] = sample.value
+    return counts
+
+
 def test_missing_and_wrong_keys_get_401_invalid_api_key(server) -> None:
+    before = auth_failures(server)
     with pytest.raises(openai.AuthenticationError) as info:
         openai_client(server, "sk-wrong-key-0000").models.list()
     assert info.value.status_code == 401
@@ -48,6 +64,12 @@ def test_missing_and_wrong_keys_get_401_invalid_api_key(server) -> None:
         "param": None,
         "code": "invalid_api_key",
     }
+    not_admin = httpx.get(f"{server.url}/debug/runtime", headers={"authorization": f"Bearer {LIMITED_KEY}"}, timeout=10)
+    assert not_admin.status_code == 403
+    # Counted by reason, for the security alerts (monitoring/alerts.yml).
+    after = auth_failures(server)
+    for reason in ("invalid", "missing", "not_admin"):
+        assert after.get(reason, 0) == before.get(reason, 0) + 1, (reason, before, after)
 
 
 def test_good_key_by_bearer_and_by_x_api_key(server) -> None:
@@ -143,18 +165,54 @@ def test_two_instances_sharing_redis_admit_the_limit_once(server, redis_url: str
     assert statuses.count(429) == 2 * LIMITED_N, statuses
 
 
-def test_unreachable_redis_fails_open_by_default_and_closed_when_set() -> None:
+def test_unreachable_redis_limits_each_replica_to_its_share_or_refuses_when_set() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    with front_door((MAIN_KEY,), RATE_LIMIT_STORAGE_URI=dead, DEFAULT_RATE_LIMIT="1") as url:
+    with front_door((MAIN_KEY,), RATE_LIMIT_STORAGE_URI=dead, DEFAULT_RATE_LIMIT="4", RATE_LIMIT_REPLICAS="2") as url:
         started = time.monotonic()
-        statuses = [get_models(url, MAIN_KEY).status_code for _ in range(3)]
-        assert statuses == [200, 200, 200]
+        responses = [get_models(url, MAIN_KEY) for _ in range(4)]
+        # Before: all four went through (no limit at all while Redis was down).
+        assert [r.status_code for r in responses] == [200, 200, 429, 429]
+        assert responses[0].headers["x-ratelimit-limit-requests"] == "2"  # this replica's share
         assert time.monotonic() - started < 10
     with front_door((MAIN_KEY,), RATE_LIMIT_STORAGE_URI=dead, RATE_LIMIT_FAIL_OPEN="false") as url:
         refused = get_models(url, MAIN_KEY)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "rate_limiter_unavailable"
         assert refused.headers["retry-after"]
+
+
+def test_paused_redis_degrades_to_each_replicas_share_and_recovers(tmp_path, caplog) -> None:
+    """Two replicas share a real redis-server, which is then frozen (SIGSTOP: every call times
+    out) and resumed. Before the fallback, every request during the pause went through."""
+    limit = 6
+    env = {"DEFAULT_RATE_LIMIT": str(limit), "RATE_LIMIT_REPLICAS": "2", "RATE_LIMIT_STORAGE_TIMEOUT": "0.2"}
+    with running_redis(tmp_path) as (url, redis_process), \
+            front_door((MAIN_KEY,), RATE_LIMIT_STORAGE_URI=url, **env) as a, \
+            front_door((MAIN_KEY,), RATE_LIMIT_STORAGE_URI=url, **env) as b:
+        assert [get_models(a, MAIN_KEY).status_code for _ in range(2)] == [200, 200]  # through Redis
+        caplog.clear()
+        redis_process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            during = {door: [get_models(door, MAIN_KEY).status_code for _ in range(limit)] for door in (a, b)}
+            paused_for = time.monotonic() - started
+        finally:
+            redis_process.send_signal(signal.SIGCONT)
+        # a had used 2 of its share of 3 before the pause; b had used none.
+        assert during[a] == [200] + [429] * (limit - 1), during
+        assert during[b] == [200] * 3 + [429] * (limit - 3), during
+        # One timeout per replica, not one per request (each would cost 0.4 s).
+        assert paused_for < 0.4 * limit, paused_for
+        lines = [r.getMessage() for r in caplog.records if r.name == "components.ratelimit"]
+        assert sum("unavailable" in line for line in lines) == 2, lines  # once per replica and outage
+        # Redis decides again once each replica tries it (STORAGE_RETRY_S after its failure).
+        # Its window holds the 2 requests from before the pause, and may hold the replicas'
+        # timed-out calls, which Redis runs when resumed. Locally, both shares are used up.
+        resumed = time.monotonic()
+        assert wait_until(lambda: time.monotonic() > resumed + STORAGE_RETRY_S, 10)
+        after = [get_models(a if i % 2 else b, MAIN_KEY).status_code for i in range(2 * limit)]
+        assert 0 < after.count(200) <= limit - 2, after
+        assert any("is back" in r.getMessage() for r in caplog.records if r.name == "components.ratelimit")
 
 
 def test_queue_overflow_gets_503_at_once_and_admitted_streams_complete(server) -> None:

@@ -84,36 +84,49 @@ def polite_stream(server: Server, started: threading.Event) -> tuple[int, float]
         return r.status_code, first
 
 
-def test_one_key_cannot_take_every_place(server: Server) -> None:
-    # The server has no time limit: every greedy stream holds its place until this test
-    # closes it, so nothing here races the host's speed. The greedy key alone may fill the
-    # engine: CAPACITY sequences running and, by default (ENGINE_QUEUE_DEPTH unset), as many
-    # waiting rendered in vLLM's own queue; QUEUED_SHARE more wait in the fair queue.
-    url = f"{server.url}/v1/completions"
-    total = PLACES + QUEUED_SHARE
-    first_event = [threading.Event() for _ in range(total)]
-    first_at = [float("inf")] * total
-    close = [threading.Event() for _ in range(total)]
+class GreedyStreams:
+    """The greedy key's streams: each holds its place (the server has no time limit) until
+    the test closes it, so nothing here races the host's speed."""
 
-    def greedy_stream(i: int) -> int:
-        with httpx.stream("POST", url, json=long_completion(stream=True), headers=headers(GREEDY), timeout=300) as r:
+    def __init__(self, server: Server, total: int) -> None:
+        self.url = f"{server.url}/v1/completions"
+        self.first_event = [threading.Event() for _ in range(total)]
+        self.first_at = [float("inf")] * total
+        self.close = [threading.Event() for _ in range(total)]
+
+    def run(self, i: int) -> int:
+        with httpx.stream("POST", self.url, json=long_completion(stream=True), headers=headers(GREEDY),
+                          timeout=300) as r:
             for line in r.iter_lines():
-                if line.startswith("data: ") and not first_event[i].is_set():
-                    first_at[i] = time.monotonic()
-                    first_event[i].set()
-                if close[i].is_set():
+                if line.startswith("data: ") and not self.first_event[i].is_set():
+                    self.first_at[i] = time.monotonic()
+                    self.first_event[i].set()
+                if self.close[i].is_set():
                     break
             return r.status_code
 
-    def started() -> list[int]:
-        return [i for i, event in enumerate(first_event) if event.is_set()]
+    def started(self) -> list[int]:
+        return [i for i, event in enumerate(self.first_event) if event.is_set()]
+
+    def close_all(self) -> None:
+        for event in self.close:
+            event.set()
+
+
+def test_one_key_cannot_take_every_place(server: Server) -> None:
+    # The greedy key alone may fill the engine: CAPACITY sequences running and, by default
+    # (ENGINE_QUEUE_DEPTH unset), as many waiting rendered in vLLM's own queue;
+    # QUEUED_SHARE more wait in the fair queue.
+    url = f"{server.url}/v1/completions"
+    total = PLACES + QUEUED_SHARE
+    greedy = GreedyStreams(server, total)
 
     with concurrent.futures.ThreadPoolExecutor(total + 1) as pool:
         try:
-            in_engine = [pool.submit(greedy_stream, i) for i in range(PLACES)]
+            in_engine = [pool.submit(greedy.run, i) for i in range(PLACES)]
             assert wait_until(lambda: health(server)["engine_unfinished_requests"] == PLACES
-                              and len(started()) == CAPACITY, 120)
-            queued = [pool.submit(greedy_stream, PLACES + i) for i in range(QUEUED_SHARE)]
+                              and len(greedy.started()) == CAPACITY, 120)
+            queued = [pool.submit(greedy.run, PLACES + i) for i in range(QUEUED_SHARE)]
             assert wait_until(lambda: health(server)["queued_requests"] == QUEUED_SHARE, 10)
             refused = httpx.post(url, json=long_completion(), headers=headers(GREEDY), timeout=30)
             assert refused.status_code == 429, refused.text
@@ -123,35 +136,68 @@ def test_one_key_cannot_take_every_place(server: Server) -> None:
             polite_started = threading.Event()
             polite = pool.submit(polite_stream, server, polite_started)
             assert wait_until(lambda: health(server)["queued_requests"] == QUEUED_SHARE + 1, 10)
-            waiting = [i for i in range(total) if not first_event[i].is_set()]
+            waiting = [i for i in range(total) if not greedy.first_event[i].is_set()]
             # One greedy stream ends: its place in the fair queue goes to the other key, whose
             # request then waits first in vLLM's queue. The engine slot itself may go to a
             # greedy request already waiting there (the abort can reach vLLM before the other
             # key's request does), so a second greedy stream ends too.
-            first, second = started()[:2]
-            close[first].set()
+            first, second = greedy.started()[:2]
+            greedy.close[first].set()
             # ... and the other key's request has reached vLLM (the abort took one place there).
             assert wait_until(lambda: health(server)["queued_requests"] == QUEUED_SHARE
                               and health(server)["engine_unfinished_requests"] == PLACES, 60)
-            close[second].set()
+            greedy.close[second].set()
             # Bounded by the first of: the other key's first token, or a second greedy request
             # overtaking it (which, were vLLM's queue first come first served, would hold the
             # engine until this test ends it).
             assert wait_until(lambda: polite_started.is_set()
-                              or sum(first_event[i].is_set() for i in waiting) >= 2, 120)
+                              or sum(greedy.first_event[i].is_set() for i in waiting) >= 2, 120)
             assert polite_started.is_set(), "a second greedy request was served before the other key's"
             status, polite_first_at = polite.result(timeout=300)
             assert status == 200
             # Timestamps, not a look after the fact: once the polite request ends, its slot
             # rightly goes to a greedy one, which may start before this line runs.
-            overtook = [i for i in waiting if first_at[i] < polite_first_at]
+            overtook = [i for i in waiting if greedy.first_at[i] < polite_first_at]
             assert len(overtook) <= 1, f"greedy requests served before the other key's: {overtook}"
         finally:
-            for event in close:
-                event.set()
+            greedy.close_all()
         statuses = [f.result() for f in in_engine + queued]
     assert statuses == [200] * total
-    assert all(event.is_set() for event in first_event)
+    assert all(event.is_set() for event in greedy.first_event)
+    assert wait_until(lambda: idle(server), 30)
+
+
+def test_the_exported_waiting_count_sees_the_fair_queue(server: Server) -> None:
+    """Autoscalers and routers read vLLM's `vllm:num_requests_waiting`. The engine alone sees
+    at most ENGINE_QUEUE_DEPTH waiting (here CAPACITY); under overload the rest wait in the
+    fair queue, so the exported gauge must count them, while the engine's own count
+    (`vllm:num_requests_waiting_by_reason`) stays at the depth."""
+    total = PLACES + QUEUED_SHARE
+    greedy = GreedyStreams(server, total)
+    seen: list[tuple[float, float, float]] = []
+
+    def overloaded() -> bool:
+        exported = metric_total(server, "vllm:num_requests_waiting")
+        engine_own = metric_total(server, "vllm:num_requests_waiting_by_reason")
+        seen.append((exported, engine_own, metric_total(server, "vllm_queue_size")))
+        return exported == PLACES - CAPACITY + QUEUED_SHARE
+
+    with concurrent.futures.ThreadPoolExecutor(total) as pool:
+        try:
+            streams = [pool.submit(greedy.run, i) for i in range(PLACES)]
+            assert wait_until(lambda: health(server)["engine_unfinished_requests"] == PLACES
+                              and len(greedy.started()) == CAPACITY, 120)
+            streams += [pool.submit(greedy.run, PLACES + i) for i in range(QUEUED_SHARE)]
+            assert wait_until(lambda: health(server)["queued_requests"] == QUEUED_SHARE, 10)
+            # The gauges are set on engine steps: the running streams make one every few
+            # hundred milliseconds at most.
+            assert wait_until(overloaded, 30), seen[-5:]
+            _, engine_own, fair_queue = seen[-1]
+            assert engine_own == PLACES - CAPACITY, seen[-1]
+            assert fair_queue == QUEUED_SHARE, seen[-1]
+        finally:
+            greedy.close_all()
+        assert [f.result() for f in streams] == [200] * total
     assert wait_until(lambda: idle(server), 30)
 
 

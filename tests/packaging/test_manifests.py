@@ -28,7 +28,7 @@ def test_builtin_kinds_pass_strict_schema_validation() -> None:
 def test_expected_objects_are_there() -> None:
     kinds = {doc["kind"] for _, doc in documents()}
     assert {"Deployment", "Service", "PersistentVolumeClaim", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-            "ServiceMonitor", "PrometheusRule", "Secret"} <= kinds
+            "ServiceMonitor", "PrometheusRule", "Secret", "NetworkPolicy"} <= kinds
 
 
 def test_deployment_probes_grace_and_security() -> None:
@@ -75,3 +75,52 @@ def test_the_example_keys_secret_is_a_valid_keys_file() -> None:
     (secret,) = [doc for path, doc in documents() if doc["kind"] == "Secret" and path.name == "secret.example.yaml"]
     policy = parse(secret["stringData"]["keys.yaml"], "secret.example.yaml")
     assert any(p.admin for _, p in policy.digests) and len(policy.digests) == 3
+
+
+def optional_documents() -> dict[str, dict]:
+    return {path.name: yaml.safe_load(path.read_text()) for path in sorted((K8S / "optional").glob("*.yaml"))}
+
+
+def test_autoscalers_and_the_picker_read_the_true_waiting_count() -> None:
+    """The HPA (through prometheus-adapter), KEDA and the endpoint picker's pool all use
+    vllm:num_requests_waiting, which the service reports as its whole backlog
+    (tests/integration/test_hardening.py shows the engine's own count would not)."""
+    (hpa,) = [doc for _, doc in documents() if doc["kind"] == "HorizontalPodAutoscaler"]
+    assert [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == ["vllm_num_requests_waiting"]
+    (hpa_path,) = [path for path, doc in documents() if doc["kind"] == "HorizontalPodAutoscaler"]
+    assert 'matches: "vllm:num_requests_waiting", as: "vllm_num_requests_waiting"' in hpa_path.read_text()
+    optional = optional_documents()
+    keda = optional["keda-scaledobject.yaml"]
+    assert keda["apiVersion"] == "keda.sh/v1alpha1" and keda["kind"] == "ScaledObject"
+    assert keda["spec"]["scaleTargetRef"]["name"] == hpa["spec"]["scaleTargetRef"]["name"]
+    (trigger,) = keda["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and "vllm:num_requests_waiting{" in trigger["metadata"]["query"]
+    pool = optional["inferencepool.yaml"]
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1" and pool["kind"] == "InferencePool"
+    (deployment,) = [doc for path, doc in documents() if doc["kind"] == "Deployment" and path.name == "deployment.yaml"]
+    assert pool["spec"]["selector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
+    ports = [p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]]
+    assert [p["number"] for p in pool["spec"]["targetPorts"]] == ports
+
+
+def test_redis_needs_a_password_and_only_the_service_reaches_it() -> None:
+    docs = documents()
+    (redis_deployment,) = [doc for path, doc in docs if doc["kind"] == "Deployment" and path.name == "redis.yaml"]
+    redis_container = redis_deployment["spec"]["template"]["spec"]["containers"][0]
+    assert redis_container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    password_from = {"secretKeyRef": {"name": "llm-redis-auth", "key": "password"}}
+    assert {"name": "REDIS_PASSWORD", "valueFrom": password_from} in redis_container["env"]
+    (service,) = [doc for path, doc in docs if doc["kind"] == "Deployment" and path.name == "deployment.yaml"]
+    env = service["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    # Kubernetes expands $(REDIS_PASSWORD) only from a variable defined before it.
+    assert names.index("REDIS_PASSWORD") < names.index("RATE_LIMIT_STORAGE_URI")
+    assert {"name": "REDIS_PASSWORD", "valueFrom": password_from} in env
+    uri = next(e["value"] for e in env if e["name"] == "RATE_LIMIT_STORAGE_URI")
+    assert uri.startswith("redis://:$(REDIS_PASSWORD)@llm-redis:")
+    policies = {doc["metadata"]["name"]: doc["spec"] for _, doc in docs if doc["kind"] == "NetworkPolicy"}
+    assert policies["llm-redis"]["podSelector"]["matchLabels"] == {"app": "llm-redis"}
+    assert policies["llm-redis"]["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": {"app": "llm-service"}}}], "ports": [{"port": 6379, "protocol": "TCP"}]}]
+    (service_ingress,) = policies["llm-service"]["ingress"]
+    assert all("namespaceSelector" in source and "podSelector" not in source for source in service_ingress["from"])

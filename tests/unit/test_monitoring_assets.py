@@ -44,3 +44,15 @@ def test_spec_metric_names_exist() -> None:
         "vllm_warm_cache_hits", "vllm_oom_events",
     }
     assert required <= our_metric_names()
+
+
+def test_security_alerts_fire_in_promtool_unit_tests() -> None:
+    """monitoring/alerts.test.yml: refused authentications and rate-limit refusals above their
+    thresholds fire (only on the replica concerned), below them do not."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: `make system-deps` installs Debian's prometheus package")
+    result = subprocess.run([promtool, "test", "rules", "alerts.test.yml"], cwd=ROOT / "monitoring",
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
