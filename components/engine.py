@@ -49,7 +49,8 @@ def waiting_stat_logger(waiting_outside: Callable[[], int]) -> type:
             super().record(scheduler_stats, iteration_stats, mm_cache_stats, engine_idx)
             if scheduler_stats is not None:
                 engine_waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
-                self.gauge_scheduler_waiting[engine_idx].set(engine_waiting + waiting_outside())
+                gauge: Any = self.gauge_scheduler_waiting[engine_idx]
+                gauge.set(engine_waiting + waiting_outside())
 
     return WaitingIncludesQueue
 

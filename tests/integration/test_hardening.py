@@ -174,12 +174,12 @@ def test_the_exported_waiting_count_sees_the_fair_queue(server: Server) -> None:
     (`vllm:num_requests_waiting_by_reason`) stays at the depth."""
     total = PLACES + QUEUED_SHARE
     greedy = GreedyStreams(server, total)
-    seen: list[tuple[float, float, float]] = []
+    seen: list[tuple[float, float, int]] = []
 
     def overloaded() -> bool:
         exported = metric_total(server, "vllm:num_requests_waiting")
         engine_own = metric_total(server, "vllm:num_requests_waiting_by_reason")
-        seen.append((exported, engine_own, metric_total(server, "vllm_queue_size")))
+        seen.append((exported, engine_own, health(server)["queued_requests"]))
         return exported == PLACES - CAPACITY + QUEUED_SHARE
 
     with concurrent.futures.ThreadPoolExecutor(total) as pool:
