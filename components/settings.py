@@ -137,7 +137,8 @@ class LimitSettings(_Group):
     fail_open: bool = Field(True, alias="RATE_LIMIT_FAIL_OPEN")
     # Replicas sharing the storage: while it is down, each limits alone to limit / replicas.
     replicas: int = Field(1, alias="RATE_LIMIT_REPLICAS", ge=1, le=1000)
-    storage_timeout_s: float = Field(0.5, alias="RATE_LIMIT_STORAGE_TIMEOUT", gt=0, le=30)
+    # Generous: under CPU load an event loop lags, and a call cut short loses exactness.
+    storage_timeout_s: float = Field(2.0, alias="RATE_LIMIT_STORAGE_TIMEOUT", gt=0, le=30)
     max_queue_size: int = Field(50, alias="MAX_QUEUE_SIZE", ge=0)
     # Sequences admitted beyond MAX_NUM_SEQS: rendered and waiting in vLLM's own scheduler
     # (unset: MAX_NUM_SEQS, one batch ready to refill the engine).

@@ -67,7 +67,7 @@ DESCRIPTIONS: dict[str, str] = {
     'RATE_LIMIT_STORAGE_URI': '`redis://host:port/db` shares the counters among replicas',
     'RATE_LIMIT_FAIL_OPEN': 'when the storage is unreachable or slow: keep serving, each replica limiting alone to its share of each request limit (`true`), or refuse with 503 (`false`); the storage is retried every 2 s and an outage is logged once (docs/operations.md)',
     'RATE_LIMIT_REPLICAS': 'replicas sharing `RATE_LIMIT_STORAGE_URI`: while the storage is down each admits `limit / RATE_LIMIT_REPLICAS` (at least 1) per window, counting what it admitted before the outage',
-    'RATE_LIMIT_STORAGE_TIMEOUT': 'seconds before a storage call counts as failed',
+    'RATE_LIMIT_STORAGE_TIMEOUT': 'seconds before a storage call counts as failed (the limiter allows twice this); generous because a replica under CPU load answers late, and a call cut short fails open (tokens) or falls back to the local share (requests)',
     'MAX_QUEUE_SIZE': 'requests that may wait for engine capacity',
     'MAX_INFLIGHT_PER_KEY': 'sequences one API key may have in the engine at once; its further requests wait in the queue; a single request asking for more gets 400 `too_many_sequences`. Applies only with `API_KEYS`; unset means `MAX_NUM_SEQS` + `ENGINE_QUEUE_DEPTH`',
     'MAX_QUEUED_PER_KEY': 'requests one API key may have waiting (429 `concurrency_limit_exceeded` beyond). Applies only with `API_KEYS`; unset means `MAX_QUEUE_SIZE` / 2 (at least 1)',
