@@ -38,16 +38,13 @@ def presented_key(scope: Scope) -> str | None:
     return None
 
 
-# Why a request was refused, the bounded label values of vllm_auth_failures_total.
-AUTH_FAILURE_REASONS = ("missing", "invalid", "disabled", "expired", "not_admin")
-
-
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, keys: PolicySource, protect_metrics: bool = False,
                  on_refused: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.keys = keys
         self.public = public_paths(protect_metrics)
+        # Called with why a request was refused (a bounded label of vllm_auth_failures_total).
         self.on_refused = on_refused or (lambda reason: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -129,6 +129,9 @@ class RateLimiter:
     def _item(self, limit: int, seconds: int) -> RateLimitItem:
         return RateLimitItemPerSecond(limit, seconds)
 
+    def _share(self, limit: int) -> RateLimitItem:
+        return self._item(max(1, limit // self.replicas), self.window_s)
+
     async def _guard(self, operation):  # type: ignore[no-untyped-def]
         """Storage calls never hang and never surface as a 500: a failure raises _StorageDown
         (counted; logged once per outage), and the storage rests for STORAGE_RETRY_S."""
@@ -159,7 +162,6 @@ class RateLimiter:
 
     async def _hit(self, kind: str, limit: int, identity: str) -> tuple[bool, Window]:
         item = self._item(limit, self.window_s)
-        share = self._item(max(1, limit // self.replicas), self.window_s)
         try:
             allowed = await self._guard(self._requests.hit(item, kind, identity))
             stats = await self._guard(self._requests.get_window_stats(item, kind, identity))
@@ -167,13 +169,14 @@ class RateLimiter:
             if not self.fail_open:
                 raise Unavailable("Rate limiting is unavailable; retry later.", code="rate_limiter_unavailable",
                                   headers={"retry-after": "1"}) from None
+            share = self._share(limit)
             allowed = await self._local.hit(share, kind, identity)
             stats = await self._local.get_window_stats(share, kind, identity)
             reset = max(0.0, stats.reset_time - time.time())
             return allowed, Window("requests", share.amount, stats.remaining, reset)
         if allowed and self.backend != "memory":
             # Recorded here too: once the storage fails, this replica's share is what is left.
-            await self._local.hit(share, kind, identity)
+            await self._local.hit(self._share(limit), kind, identity)
         reset = max(0.0, stats.reset_time - self._clock())
         return bool(allowed), Window("requests", limit, stats.remaining, reset)
 
