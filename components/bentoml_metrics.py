@@ -1,4 +1,5 @@
-"""Bounded `endpoint` labels on BentoML's own request metrics (pinned to BentoML 1.4).
+"""BentoML's own request middlewares, adjusted (pinned to BentoML 1.4): bounded `endpoint`
+labels on its request metrics, and its OpenTelemetry middleware without a span per message.
 
 BentoML's traffic-metrics middleware runs outside every user middleware and labels its
 `bentoml_service_request_*` series with the raw request path, so each random path a
@@ -6,6 +7,11 @@ client (keyless included) sends creates new series and /metrics grows without bo
 setting changes that; BentoML builds the middleware from a class it imports by name when
 the server starts, so we put a subclass in that name: it shows the middleware a folded path
 (`other` for any path the service does not serve) and hands the real one on.
+
+BentoML's OpenTelemetry middleware (which it adds always, traced or not) opens a span for
+every ASGI message; a stream sends one message per token, and those spans were about 5 %
+of the API process's CPU at concurrency 64. It keeps its one span per request; BentoML
+imports the class by name when the server starts, so the subclass goes in that name too.
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ class _RestorePath:
 
 
 def install() -> None:
+    _fold_metric_paths()
+    _request_spans_only()
+
+
+def _fold_metric_paths() -> None:
     from bentoml._internal.server.http import instruments
 
     original = instruments.RunnerTrafficMetricsMiddleware
@@ -61,3 +72,20 @@ def install() -> None:
             await super().__call__(scope, receive, send)
 
     instruments.RunnerTrafficMetricsMiddleware = FoldedPathMetricsMiddleware  # type: ignore[misc]
+
+
+def _request_spans_only() -> None:
+    from opentelemetry.instrumentation import asgi
+
+    original = asgi.OpenTelemetryMiddleware
+    if getattr(original, "request_spans_only", False):
+        return
+
+    class RequestSpanOnly(original):  # type: ignore[misc, valid-type]
+        request_spans_only = True
+
+        def __init__(self, app: ASGIApp, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("exclude_spans", ["receive", "send"])
+            super().__init__(app, *args, **kwargs)
+
+    asgi.OpenTelemetryMiddleware = RequestSpanOnly  # type: ignore[misc]

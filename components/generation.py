@@ -11,26 +11,19 @@ Every path ends the ASGI call promptly with a response or a closed socket.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from components.context import RequestContext, request_context
-from components.errors import (
-    ClientClosed,
-    GenerationTimeout,
-    ServiceError,
-    StreamStalled,
-    render_sse,
-)
+from components.errors import ClientClosed, GenerationTimeout, ServiceError, StreamStalled, render_sse
+from components.interrupts import Interrupts, Writer
 from components.ledger import Hold, Ledger, settle_quietly
 from components.lifecycle import Gate, Pass
 from components.request_fields import declared
@@ -61,80 +54,6 @@ class Dialect:
 
 
 OPENAI = Dialect()
-
-
-class _Interrupts:
-    """Interrupts the request's task (client gone, time limit, drain, engine death) and
-    raises the reason instead of CancelledError. The generation's whole life runs inside,
-    so an interrupt also stops work not yet handed to the engine, and closing vLLM's
-    generators aborts whatever the engine already holds.
-    """
-
-    def __init__(self, receive: Receive, write: _Writer) -> None:
-        self._receive = receive
-        self._write = write
-        self.reason: ServiceError | None = None
-
-    async def __aenter__(self) -> _Interrupts:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("_Interrupts needs a running task")
-        self._task = task
-        self._watcher = asyncio.ensure_future(self._watch())
-        return self
-
-    def interrupt(self, reason: ServiceError) -> None:
-        # After the last byte, uvicorn reports a disconnect for every request: not one.
-        if self.reason is None and not self._write.complete:
-            self.reason = reason
-            self._task.cancel()
-
-    async def _watch(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.interrupt(ClientClosed("The client closed the connection."))
-                return
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._watcher.cancel()
-        if self.reason is not None:
-            self._task.uncancel()
-        if self._task.cancelling():
-            # Cancelled from outside too (BentoML's timeout middleware has answered): stop,
-            # whatever the block ended with (vLLM turns a cancelled non-streaming request
-            # into its own 400).
-            raise asyncio.CancelledError from None
-        if self.reason is not None:
-            raise self.reason from None
-
-
-class _Writer:
-    """`send` with a bound on how long the client may keep us waiting (a full socket)."""
-
-    def __init__(self, send: Send, stall_timeout_s: float) -> None:
-        self._send = send
-        self._stall_timeout_s = stall_timeout_s
-        self.started = False
-        self.complete = False
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.started = True
-        elif not message.get("more_body", False):
-            self.complete = True
-        try:
-            async with asyncio.timeout(self._stall_timeout_s):
-                await self._send(message)
-        except TimeoutError:
-            raise StreamStalled(f"The client read nothing for {self._stall_timeout_s:g} s.") from None
-
-    async def json(self, body: bytes) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await self({"type": "http.response.start", "status": 200, "headers": headers})
-        await self({"type": "http.response.body", "body": body})
 
 
 class GenerationResponse(Response):
@@ -186,10 +105,10 @@ class GenerationResponse(Response):
         return 0
 
     async def _run(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
-        write = _Writer(send, self.stall_timeout_s)
+        write = Writer(send, self.stall_timeout_s)
         gen = self.generation
         try:
-            async with _Interrupts(receive, write) as interrupts:
+            async with Interrupts(receive, write) as interrupts:
                 with span(ctx, "queue"):
                     ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight,
                                                    gen.priority)
@@ -216,7 +135,7 @@ class GenerationResponse(Response):
         if self._hold is not None:
             await settle_quietly(self._hold, self._used(self._hold, ctx))
 
-    async def _respond(self, result: Any, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
+    async def _respond(self, result: Any, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
         ticket.engine_finished()
         ctx.usage = self.dialect.usage(result)
         choices = getattr(result, "choices", None) or []
@@ -226,7 +145,7 @@ class GenerationResponse(Response):
         await self._settle_now(ctx)
         await write.json(json.dumps(self.dialect.body(result), ensure_ascii=False).encode())
 
-    async def _stream(self, stream: Stream, ticket: Pass, write: _Writer, ctx: RequestContext) -> None:
+    async def _stream(self, stream: Stream, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
         stream.forward_usage = self.generation.forward_usage
         gen = self.generation
         stream.strip_continuous_usage = gen.token_limits is not None and not gen.client_continuous_usage
@@ -255,7 +174,7 @@ class GenerationResponse(Response):
             # Closing vLLM's generator aborts the engine request if it is still running.
             await stream.aclose()
 
-    async def _fail(self, error: ServiceError, write: _Writer, ctx: RequestContext) -> None:
+    async def _fail(self, error: ServiceError, write: Writer, ctx: RequestContext) -> None:
         ctx.error_type = error.code
         if isinstance(error, ClientClosed):
             ctx.status = ClientClosed.status

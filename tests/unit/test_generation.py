@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from components.errors import ClientClosed, GenerationTimeout, InvalidRequest
-from components.generation import _Interrupts, _Writer
+from components.errors import ClientClosed, GenerationTimeout, InvalidRequest, StreamStalled
+from components.interrupts import Interrupts, Writer
 
 
 def never_disconnects():  # type: ignore[no-untyped-def]
@@ -28,7 +28,7 @@ async def swallowing_work() -> None:
 
 def test_an_interrupt_raises_its_reason_whatever_the_block_ended_with() -> None:
     async def scenario() -> None:
-        async with _Interrupts(never_disconnects(), _Writer(sink, 1)) as interrupts:
+        async with Interrupts(never_disconnects(), Writer(sink, 1)) as interrupts:
             asyncio.get_running_loop().call_later(0.01, interrupts.interrupt, GenerationTimeout("limit"))
             await swallowing_work()
 
@@ -42,7 +42,7 @@ def test_a_disconnect_is_client_closed() -> None:
             await asyncio.sleep(0.01)
             return {"type": "http.disconnect"}
 
-        async with _Interrupts(receive, _Writer(sink, 1)):
+        async with Interrupts(receive, Writer(sink, 1)):
             await asyncio.sleep(10)
 
     with pytest.raises(ClientClosed):
@@ -52,7 +52,7 @@ def test_a_disconnect_is_client_closed() -> None:
 def test_an_outer_cancellation_wins_and_gets_no_second_answer() -> None:
     async def scenario() -> None:
         async def request() -> None:
-            async with _Interrupts(never_disconnects(), _Writer(sink, 1)):
+            async with Interrupts(never_disconnects(), Writer(sink, 1)):
                 await swallowing_work()
 
         task = asyncio.ensure_future(request())
@@ -66,11 +66,63 @@ def test_an_outer_cancellation_wins_and_gets_no_second_answer() -> None:
 
 def test_no_interrupt_after_the_last_byte() -> None:
     async def scenario() -> None:
-        write = _Writer(sink, 1)
-        async with _Interrupts(never_disconnects(), write) as interrupts:
+        write = Writer(sink, 1)
+        async with Interrupts(never_disconnects(), write) as interrupts:
             await write({"type": "http.response.start", "status": 200, "headers": []})
             await write({"type": "http.response.body", "body": b"done"})
             interrupts.interrupt(ClientClosed("uvicorn reports a disconnect after every response"))
             await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+
+
+async def blocked(message):  # type: ignore[no-untyped-def]
+    await asyncio.Event().wait()  # a full socket that never drains
+
+
+def test_a_send_that_waits_the_stall_limit_is_cut_inside_the_interrupts() -> None:
+    async def scenario() -> float:
+        write = Writer(blocked, 0.2)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StreamStalled):
+            async with Interrupts(never_disconnects(), write):
+                await write({"type": "http.response.start", "status": 200, "headers": []})
+        return asyncio.get_running_loop().time() - started
+
+    assert 0.2 <= asyncio.run(scenario()) < 5
+
+
+def test_the_last_message_is_cut_too_and_outside_the_interrupts_each_send_is_timed() -> None:
+    async def scenario() -> None:
+        calls = []
+
+        async def blocks_on_the_last(message):  # type: ignore[no-untyped-def]
+            calls.append(message["type"])
+            if not message.get("more_body", False):
+                await blocked(message)
+
+        write = Writer(blocks_on_the_last, 0.2)
+        with pytest.raises(StreamStalled):
+            async with Interrupts(never_disconnects(), write):
+                await write({"type": "http.response.body", "body": b"x", "more_body": True})
+                await write({"type": "http.response.body", "body": b""})
+        assert not write.complete
+        with pytest.raises(StreamStalled):  # an error answer written after the interrupts
+            await Writer(blocked, 0.2)({"type": "http.response.start", "status": 500, "headers": []})
+
+    asyncio.run(scenario())
+
+
+def test_many_quick_sends_are_not_a_stall_however_long_the_stream() -> None:
+    async def scenario() -> None:
+        async def slow_but_reading(message):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.05)
+
+        write = Writer(slow_but_reading, 0.5)
+        async with Interrupts(never_disconnects(), write):
+            for _ in range(20):  # 1 s in all, twice the limit
+                await write({"type": "http.response.body", "body": b"x", "more_body": True})
+            await write({"type": "http.response.body", "body": b""})
+        assert write.complete
 
     asyncio.run(scenario())
