@@ -109,8 +109,7 @@ class Runtime:
                                                   enabled="--enforce-eager" not in spec.cli_args)
         if self.compile_cache.was_cached:
             self.metrics.warm_cache_hits.inc()
-        logger.info("compile cache %s (%s)", self.compile_cache.path,
-                    "found" if self.compile_cache.was_cached else "cold")
+        logger.info("compile cache %s (found: %s)", self.compile_cache.path, self.compile_cache.was_cached)
         export_engine_environment(settings.engine, spec.engine_env, str(self.compile_cache.path))
         self.gpu.start()
         engine_spec.log_choices(spec, settings.engine)
@@ -134,6 +133,7 @@ class Runtime:
         except BaseException:
             engine_mod.shutdown_engine(self.engine)
             raise
+        engine_mod.freeze_startup_heap()
         self.supervisor.start()
         self.ready = True
         return app
