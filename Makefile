@@ -12,7 +12,7 @@ export BENTOML_CONFIG ?= $(CURDIR)/configuration.yaml
 export BENTOML_HOME ?= $(CURDIR)/build/bentoml
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: test-soak test-container test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
+.PHONY: cluster-up cluster-down test-cluster test-soak test-container test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
 
 $(VENV)-uv/bin/uv:
 	python3 -m venv $(VENV)-uv && $(VENV)-uv/bin/pip install -q uv
@@ -86,6 +86,18 @@ run-container:
 # Builds the CPU image on a local Debian base with a private dockerd, runs it, stops it.
 test-container: install
 	bash deploy/container/smoke.sh
+
+# A local cluster (deploy/cluster/cluster.sh): two replicas of the CPU image, Redis with a
+# password, HAProxy with TLS, under a private dockerd. test-cluster brings it up (and down
+# again unless it was up before) and writes docs/benchmarks/cluster.json.
+cluster-up: install
+	bash deploy/cluster/cluster.sh up
+
+test-cluster: install
+	bash deploy/cluster/cluster.sh test
+
+cluster-down:
+	bash deploy/cluster/cluster.sh down
 
 test-packaging: install
 	$(PY) -m pytest tests/packaging -q

@@ -12,6 +12,10 @@ BentoML's OpenTelemetry middleware (which it adds always, traced or not) opens a
 every ASGI message; a stream sends one message per token, and those spans were about 5 %
 of the API process's CPU at concurrency 64. It keeps its one span per request; BentoML
 imports the class by name when the server starts, so the subclass goes in that name too.
+
+The metrics middleware is the outermost but for Starlette's error middleware (which only
+notes that a response started), so it also hands the request context the `send` it got:
+the wire, below every other middleware (see components/interrupts.py for its one use).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from components.context import request_context
 from components.metrics import endpoint_label
 
 _REAL_PATH = "llm_service.real_path"
@@ -65,6 +70,8 @@ def _fold_metric_paths() -> None:
             super().__init__(_RestorePath(app), *args, **kwargs)
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                request_context(scope).wire_send = send
             if scope["type"] in ("http", "websocket"):
                 folded = metric_path(scope["path"])
                 if folded != scope["path"]:

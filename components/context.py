@@ -27,6 +27,9 @@ class RequestContext:
     # after a 200 began).
     status: int | None = None
     tracer: Any = None  # components/tracing.py: set by its middleware when tracing is on
+    # The ASGI `send` below every middleware (set by the outermost one, components/
+    # bentoml_metrics.py): a stream's middle chunks go straight to it (components/interrupts.py).
+    wire_send: Any = None
 
     @property
     def tenant(self) -> str:

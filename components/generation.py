@@ -105,7 +105,7 @@ class GenerationResponse(Response):
         return 0
 
     async def _run(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
-        write = Writer(send, self.stall_timeout_s)
+        write = Writer(send, self.stall_timeout_s, ctx.wire_send)
         gen = self.generation
         try:
             async with Interrupts(receive, write) as interrupts:

@@ -75,8 +75,10 @@ class Writer:
     answer written after the interrupts have ended), each send has its own timeout.
     """
 
-    def __init__(self, send: Send, stall_timeout_s: float) -> None:
+    def __init__(self, send: Send, stall_timeout_s: float, wire: Send | None = None) -> None:
         self._send = send
+        self._wire = wire
+        self._direct: Send | None = None
         self._stall_timeout_s = stall_timeout_s
         self.started = False
         self.complete = False
@@ -108,18 +110,27 @@ class Writer:
         self._timer = self._loop.call_at((since if since is not None else now) + self._stall_timeout_s, self._check)
 
     async def __call__(self, message: Message) -> None:
+        send = self._send
         if message["type"] == "http.response.start":
             self.started = True
+            self._direct = self._wire if message["status"] == 200 else None
+        elif self._direct is not None and message.get("more_body", False):
+            # A 200's middle chunks go straight to the wire: every middleware here and in
+            # BentoML acts on the response start (headers, status) and on its last message
+            # (BentoML's request metrics), both still sent through them, and passes the
+            # chunks between untouched. A stream writes one chunk per token; some twenty
+            # wrappers each were most of the front door's CPU at high concurrency.
+            send = self._direct
         if self._on_stall is None:
             try:
                 async with asyncio.timeout(self._stall_timeout_s):
-                    await self._send(message)
+                    await send(message)
             except TimeoutError:
                 raise self._stalled() from None
         else:
             self._since = self._loop.time()
             try:
-                await self._send(message)
+                await send(message)
             finally:
                 self._since = None
         # Set once the last byte is out, so that a stall on the last message is still cut.

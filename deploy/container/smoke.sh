@@ -16,74 +16,27 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 PY=$ROOT/.venv/bin/python
 WORK=${SMOKE_WORK:-/tmp/llm-container-smoke}
-SOCK=$WORK/docker.sock
 PORT=${SMOKE_PORT:-18080}
-BASE=llm-local/python:3.11-bookworm
 IMAGE=llm-service-cpu:smoke
-WHEELS=$(pip config get global.find-links 2>/dev/null || echo /opt/wheels)
-TORCH_WHEEL=$(ls "$WHEELS"/torch-2.13.0+cpu-*.whl | head -1)
-mkdir -p "$WORK"
-export DOCKER_HOST=unix://$SOCK DOCKER_BUILDKIT=0
-# Debian's docker CLI first: the other one in PATH here lacks buildx.
-export PATH=/usr/bin:$PATH
-
-command -v dockerd >/dev/null && command -v debootstrap >/dev/null || {
-  apt-get update -q && apt-get install -y -q --no-install-recommends docker.io debootstrap; }
+# shellcheck source=deploy/container/lib.sh
+source deploy/container/lib.sh
+docker_env
 
 cleanup() {
   set +e
   [ -n "${streams:-}" ] && kill "$streams" 2>/dev/null
   docker rm -f llm-smoke >/dev/null 2>&1
   docker rmi -f "$IMAGE" "$BASE" llm-local/bookworm:minbase >/dev/null 2>&1
-  if [ -f "$WORK/dockerd.pid" ]; then kill "$(cat "$WORK/dockerd.pid")"; sleep 3; fi
+  stop_dockerd
 }
 trap cleanup EXIT
 
 echo "== dockerd"
-dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" -H "unix://$SOCK" \
-  --pidfile "$WORK/dockerd.pid" >"$WORK/dockerd.log" 2>&1 &
-for _ in $(seq 50); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
-docker info >/dev/null
-
+start_dockerd
 echo "== base image (debootstrap bookworm minbase + python3.11)"
-if ! docker image inspect "$BASE" >/dev/null 2>&1; then
-  rm -rf "$WORK/rootfs"
-  debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log"
-  tar -C "$WORK/rootfs" -c . | docker import - llm-local/bookworm:minbase >/dev/null
-  mkdir -p "$WORK/base"
-  cp /etc/ssl/certs/ca-certificates.crt "$WORK/base/host-ca.crt"
-  cat >"$WORK/base/Dockerfile" <<'EOF'
-FROM llm-local/bookworm:minbase
-COPY host-ca.crt /usr/local/share/ca-certificates/host-ca.crt
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates libnuma1 libgomp1 \
-    && update-ca-certificates && ln -sf /usr/bin/python3 /usr/bin/python && rm -rf /var/lib/apt/lists/*
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt PIP_BREAK_SYSTEM_PACKAGES=1
-EOF
-  docker build -q -t "$BASE" "$WORK/base" >/dev/null
-fi
-
+build_base
 echo "== CPU bento on the local base"
-export BENTOML_HOME=$WORK/bentoml
-rm -rf "$WORK/bento-src" && mkdir -p "$WORK/bento-src/requirements"
-cp -r service.py components configuration.yaml deploy "$WORK/bento-src/"
-grep -v '^torch==' requirements/cpu-runtime.lock >"$WORK/bento-src/requirements/cpu-runtime.lock"
-cp "$TORCH_WHEEL" "$WORK/bento-src/"
-# PyTorch's index is out of reach here: torch comes from the wheel put into the bento.
-"$PY" - "$(basename "$TORCH_WHEEL")" "$BASE" "$WORK/bento-src/bentofile.yaml" <<'EOF'
-import sys, yaml
-wheel, base, out = sys.argv[1:]
-config = yaml.safe_load(open("bentofile.cpu.yaml"))
-config["python"].pop("extra_index_url")
-config["python"]["wheels"] = [wheel]
-config["docker"]["base_image"] = base
-yaml.safe_dump(config, open(out, "w"), sort_keys=False)
-EOF
-(cd "$WORK/bento-src" && "$ROOT/.venv/bin/bentoml" build -f bentofile.yaml . >/dev/null)
-# From /: BentoML 1.4 refuses a dockerfile_template outside the current directory, and it
-# resolves ours inside its temporary build context.
-(cd / && "$ROOT/.venv/bin/bentoml" containerize llm-service-cpu:latest -t "$IMAGE" --backend docker) >"$WORK/containerize.log" 2>&1 \
-  || { tail -40 "$WORK/containerize.log"; exit 1; }
+build_cpu_image "$IMAGE"
 
 echo "== run"
 docker run -d --name llm-smoke --shm-size 1g -p "127.0.0.1:$PORT:8080" -e API_KEYS=sk-smoke-key "$IMAGE" >/dev/null

@@ -17,14 +17,14 @@ VLLM_MODULES = {"engine", "vllm_bridge"}
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway",
         "keys", "keys_file", "ledger", "anthropic_errors", "response_store", "tracing"}
 ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "anthropic", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor",
-               "vllm_hooks", "validation", "responses_api"}
+               "vllm_hooks", "validation", "responses_api", "interrupts"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 # The README's layers ("How it fits together"): a module imports from its own layer and below.
 LAYERS = [
     CORE | {"responses", "bundled_model", "compile_cache"},
     EDGE | {"gpu_monitor", "bentoml_metrics"},
     {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app",
-     "vllm_hooks", "validation", "anthropic", "responses_api"},
+     "vllm_hooks", "validation", "anthropic", "responses_api", "interrupts"},
     {"runtime", "supervisor"},
 ]
 

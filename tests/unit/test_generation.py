@@ -126,3 +126,27 @@ def test_many_quick_sends_are_not_a_stall_however_long_the_stream() -> None:
         assert write.complete
 
     asyncio.run(scenario())
+
+
+def test_a_200s_middle_chunks_go_to_the_wire_and_its_start_and_end_through_the_middleware() -> None:
+    async def scenario(status: int) -> tuple[list[bytes], list[bytes]]:
+        chain: list[bytes] = []
+        wire: list[bytes] = []
+
+        async def through_middleware(message):  # type: ignore[no-untyped-def]
+            chain.append(message.get("body", b"start"))
+
+        async def to_wire(message):  # type: ignore[no-untyped-def]
+            wire.append(message["body"])
+
+        write = Writer(through_middleware, 1, wire=to_wire)
+        async with Interrupts(never_disconnects(), write):
+            await write({"type": "http.response.start", "status": status, "headers": []})
+            await write({"type": "http.response.body", "body": b"a", "more_body": True})
+            await write({"type": "http.response.body", "body": b"b", "more_body": True})
+            await write({"type": "http.response.body", "body": b""})
+        return chain, wire
+
+    assert asyncio.run(scenario(200)) == ([b"start", b""], [b"a", b"b"])
+    # Any other answer goes through the middleware whole (Anthropic's errors are rewritten there).
+    assert asyncio.run(scenario(400)) == ([b"start", b"a", b"b", b""], [])
