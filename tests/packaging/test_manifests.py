@@ -6,12 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
 VALIDATE = str(Path(sys.executable).with_name("kubernetes-validate"))
 CRDS = {"ServiceMonitor", "PrometheusRule"}
+# Models generated from the CRDs (requirements/crd-models.txt, installed by `make install`),
+# last on the path: their own deps are the venv's.
+sys.path.append(str(Path(sys.executable).parents[1] / "crd-models"))
 
 
 def documents() -> list[tuple[Path, dict]]:
@@ -124,3 +128,38 @@ def test_redis_needs_a_password_and_only_the_service_reaches_it() -> None:
         {"from": [{"podSelector": {"matchLabels": {"app": "llm-service"}}}], "ports": [{"port": 6379, "protocol": "TCP"}]}]
     (service_ingress,) = policies["llm-service"]["ingress"]
     assert all("namespaceSelector" in source and "podSelector" not in source for source in service_ingress["from"])
+
+
+def custom_resources() -> list[tuple[str, dict]]:
+    paths = [*sorted(K8S.glob("*.yaml")), K8S / "optional/keda-scaledobject.yaml"]
+    return [(path.name, doc) for path in paths for doc in yaml.safe_load_all(path.read_text())
+            if doc and doc["kind"] in {*CRDS, "ScaledObject"}]
+
+
+def crd_model(kind: str):  # type: ignore[no-untyped-def]
+    from cloudcoil.models.keda.v1alpha1 import ScaledObject
+    from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
+
+    return {"ScaledObject": ScaledObject, "ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}[kind]
+
+
+def test_custom_resources_match_their_crd_schemas() -> None:
+    """Types and required fields from the CRDs' schemas; an unknown field shows as a
+    difference after the round trip (the models keep only what the schema knows)."""
+    checked = set()
+    for name, doc in custom_resources():
+        model = crd_model(doc["kind"]).model_validate(doc)
+        assert model.model_dump(mode="json", by_alias=True, exclude_unset=True) == doc, name
+        checked.add(doc["kind"])
+    assert checked == {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
+
+
+def test_the_crd_check_catches_a_wrong_type_and_an_unknown_field() -> None:
+    import pydantic
+
+    (name, doc), = [(n, d) for n, d in custom_resources() if d["kind"] == "ScaledObject"]
+    with pytest.raises(pydantic.ValidationError):
+        crd_model("ScaledObject").model_validate({**doc, "spec": {**doc["spec"], "minReplicaCount": "one"}})
+    typo = {**doc, "spec": {**doc["spec"], "triggerz": doc["spec"]["triggers"]}}
+    model = crd_model("ScaledObject").model_validate(typo)
+    assert model.model_dump(mode="json", by_alias=True, exclude_unset=True) != typo
