@@ -12,7 +12,7 @@
 # clients' keys are generated here, into $WORK/state (never committed).
 #
 #   cluster.sh up     build what is missing, start everything, wait until HAProxy sees both replicas up
-#   cluster.sh down   remove the containers and the network, stop the dockerd
+#   cluster.sh down   remove the containers, the network and the service's image, stop the dockerd
 #   cluster.sh test   up (unless already up), tests/cluster, then down (unless it was up before)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -153,6 +153,9 @@ down() {
   if docker info >/dev/null 2>&1; then
     docker rm -f llm-lb llm-a llm-b llm-redis >/dev/null 2>&1
     docker network rm "$NET" >/dev/null 2>&1
+    # The service's image goes (the next `up` builds it from the tree as it is then); the
+    # Debian base and the tools image stay in the private data root, reused.
+    docker rmi -f "$IMAGE" >/dev/null 2>&1
   fi
   stop_dockerd
   rm -rf "$STATE"
