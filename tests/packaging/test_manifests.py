@@ -71,6 +71,13 @@ def test_bentocloud_config() -> None:
     assert service["instance_type"].startswith("gpu.t4")
     assert service["scaling"]["min_replicas"] >= 1 and service["scaling"]["max_replicas"] > service["scaling"]["min_replicas"]
     assert "llm-service-keys" in config["secrets"]
+    # The scaling target is the engine's batch (the measured knee, docs/benchmarks/knee.json),
+    # in BentoML's own schema; requests past it wait in the replica's fair queue.
+    from _bentoml_sdk.service.config import validate
+
+    traffic = validate(service["config_overrides"])["traffic"]
+    envs = {env["name"]: env["value"] for env in config["envs"]}
+    assert traffic["concurrency"] == int(envs["MAX_NUM_SEQS"]) and traffic["external_queue"] is False
 
 
 def test_the_example_keys_secret_is_a_valid_keys_file() -> None:
