@@ -44,13 +44,14 @@ class _Waiter:
 
 class Slot:
     """`cost` sequences running for one key; `release()` gives them back, once. `priority`:
-    what vLLM's scheduler is to see (engine_priority())."""
+    what vLLM's scheduler is to see (engine_priority()); `klass`: the class it started as."""
 
     def __init__(self, admission: Admission, waiter: _Waiter) -> None:
         self._admission: Admission | None = admission
         self.key = waiter.key
         self.cost = waiter.cost
         self.low = waiter.started_as >= LOW
+        self.klass = waiter.started_as
         self.priority = waiter.engine_priority
 
     def release(self) -> None:

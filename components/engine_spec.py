@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# components/engine_scheduler.py, by name: vLLM loads it in its engine core process.
+SCHEDULER_CLS = "components.engine_scheduler.class_first_scheduler"
+
 # Tool-call parsers by model family, matched on the lower-cased model path.
 _PARSER_BY_FAMILY = (
     ("mistral", "mistral"),
@@ -155,6 +158,8 @@ def resolve_spec(
         "--enable-prompt-tokens-details",
         # Each request carries its key's class (keys file); all equal, this is FIFO.
         "--scheduling-policy", "priority",
+        # vLLM's scheduler, plus: a request's first step runs without lower classes.
+        "--scheduler-cls", SCHEDULER_CLS,
     ]
     if on_gpu:
         args += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]

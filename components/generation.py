@@ -31,7 +31,7 @@ from components.responses import send_error
 from components.tracing import span
 from components.validation import Generation, requested_max_tokens, reservation
 from components.vllm_bridge import Stream
-from components.vllm_hooks import client_chose_max_tokens, on_rendered
+from components.vllm_hooks import client_chose_max_tokens, engine_class, on_rendered
 
 Call = Callable[[Any, Request], Awaitable[Any]]
 
@@ -117,9 +117,11 @@ class GenerationResponse(Response):
                 async with ticket:
                     with span(ctx, "engine"):
                         chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
+                        klass = engine_class.set(ticket.slot.klass)
                         try:
                             result = await self.call(gen.body, self.request)
                         finally:
+                            engine_class.reset(klass)
                             client_chose_max_tokens.reset(chosen)
                         if gen.stream:
                             await self._stream(result, ticket, write, ctx)

@@ -1,6 +1,7 @@
 """Hooks into vLLM 0.32's OpenAI serving layer (internal API, pinned): the strict context
-check and the point where the prompts' exact token counts are known. The bridge installs
-them and hands in vLLM's objects: this module imports nothing of vLLM's."""
+check, the point where the prompts' exact token counts are known, and the priority class
+each engine request carries. The bridge installs them and hands in vLLM's objects: this
+module imports nothing of vLLM's."""
 
 from __future__ import annotations
 
@@ -11,6 +12,36 @@ from typing import Any
 # False while the service, not the client, chose max_tokens (MAX_TOKENS_LIMIT as a default):
 # then a long prompt clamps it as vLLM does, instead of failing a request that asked nothing.
 client_chose_max_tokens: ContextVar[bool] = ContextVar("client_chose_max_tokens", default=True)
+
+
+# Set by the generation path around its call into the serving layer: the request's priority
+# class as admitted, for the engine's scheduler (components/engine_scheduler.py), which reads
+# it from the sampling parameters' `extra_args` under CLASS_ARG.
+engine_class: ContextVar[int | None] = ContextVar("engine_class", default=None)
+CLASS_ARG = "service_priority_class"
+
+
+def install_class_tag(engine: Any) -> None:
+    """Wrap the engine's `generate`, which every serving handler calls once per engine
+    request while the generation path's context is current, so that each request carries
+    its class. Set for every request, and removed when none is set (the warm-up): a
+    client's own `vllm_xargs` can never choose a class."""
+    original = engine.generate
+    if hasattr(original, "__wrapped__"):
+        return
+
+    def generate(prompt: Any, sampling_params: Any, *args: Any, **kwargs: Any) -> Any:
+        extra = dict(sampling_params.extra_args or {})
+        klass = engine_class.get()
+        if klass is None:
+            extra.pop(CLASS_ARG, None)
+        else:
+            extra[CLASS_ARG] = klass
+        sampling_params.extra_args = extra or None
+        return original(prompt, sampling_params, *args, **kwargs)
+
+    generate.__wrapped__ = original  # type: ignore[attr-defined]
+    engine.generate = generate
 
 
 def _reject_past_the_context(original: Any) -> Any:

@@ -11,20 +11,21 @@ import pytest
 COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 # Core modules: everything else builds on them; they import nothing of ours.
 CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact", "request_fields"}
-# The two modules that know vLLM: its engine (engine.py) and its serving layer (the bridge).
-VLLM_MODULES = {"engine", "vllm_bridge"}
+# The modules that know vLLM: its engine (engine.py), its serving layer (the bridge) and its
+# scheduler (engine_scheduler.py, loaded by vLLM in its engine core process).
+VLLM_MODULES = {"engine", "vllm_bridge", "engine_scheduler"}
 # The edge: what a request meets before any engine work; never the engine side.
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway",
         "keys", "keys_file", "ledger", "anthropic_errors", "response_store", "tracing"}
 ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "anthropic", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor",
-               "vllm_hooks", "validation", "responses_api", "interrupts"}
+               "vllm_hooks", "validation", "responses_api", "interrupts", "engine_scheduler"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 # The README's layers ("How it fits together"): a module imports from its own layer and below.
 LAYERS = [
     CORE | {"responses", "bundled_model", "compile_cache"},
     EDGE | {"gpu_monitor", "bentoml_metrics"},
     {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app",
-     "vllm_hooks", "validation", "anthropic", "responses_api", "interrupts"},
+     "vllm_hooks", "validation", "anthropic", "responses_api", "interrupts", "engine_scheduler"},
     {"runtime", "supervisor"},
 ]
 

@@ -4,7 +4,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from components.vllm_hooks import on_rendered, report_rendered
+from components.vllm_hooks import CLASS_ARG, engine_class, install_class_tag, on_rendered, report_rendered
 
 
 class ErrorResponse:
@@ -50,3 +50,28 @@ def test_the_prompt_lengths_reach_the_callback_in_every_call_shape() -> None:
 
     asyncio.run(scenario())
     assert seen == [([3], 4096), ([7], 4096)]
+
+
+class Engine:
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def generate(self, prompt: Any, sampling_params: Any, request_id: str, **kwargs: Any) -> Any:
+        self.seen.append(dict(sampling_params.extra_args) if sampling_params.extra_args else None)
+        return request_id
+
+
+def test_every_engine_request_carries_the_class_it_was_admitted_as() -> None:
+    engine = Engine()
+    install_class_tag(engine)
+    install_class_tag(engine)  # once only
+    # A client's own vllm_xargs arrive in extra_args: they stay, except a class of its own.
+    spoofed = SimpleNamespace(extra_args={CLASS_ARG: 0, "mine": 1})
+    token = engine_class.set(10)
+    try:
+        assert engine.generate("p", spoofed, "r1", priority=3) == "r1"
+        assert engine.generate("p", SimpleNamespace(extra_args=None), "r2") == "r2"
+    finally:
+        engine_class.reset(token)
+    engine.generate("p", SimpleNamespace(extra_args={CLASS_ARG: 0}), "warm-up")  # no class set: none goes
+    assert engine.seen == [{CLASS_ARG: 10, "mine": 1}, {CLASS_ARG: 10}, None]

@@ -1,0 +1,87 @@
+"""vLLM 0.32's scheduler (internal API, pinned) with one rule added for the priority classes:
+the step that starts a request runs without the running requests of a lower class.
+
+Why: an engine step costs more the more sequences it carries, and on CPUs much more
+(measured on 2 cores, `docs/benchmarks.md`: a 37-token prefill alone 26 ms, beside six batch
+decodes 35 ms). vLLM's priority policy orders the waiting queue, but the first step of an
+interactive request still carries every batch sequence running. Here that one step carries
+only the requests of its class or above; the lower ones skip that step (they keep their KV
+cache and continue on the next, as when vLLM's token budget runs out) and lose one step's
+time per such start. Each request gets this at most once, so no class starves.
+
+The class comes with each request in `SamplingParams.extra_args` (CLASS_ARG), set by the
+service for every request it sends (components/vllm_hooks.py); a request without it is
+never held and never holds others. No library offers this: vLLM's scheduler is the only
+place where a step's batch is chosen, and `--scheduler-cls` is its documented extension
+point. This module runs in vLLM's engine core process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import SchedulingPolicy
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request, RequestStatus
+
+from components.vllm_hooks import CLASS_ARG
+
+_STARTED = "_service_class_step_done"
+
+
+def request_class(request: Request) -> int | None:
+    params = request.sampling_params
+    extra = params.extra_args if params is not None else None
+    value = extra.get(CLASS_ARG) if extra else None
+    return value if isinstance(value, int) else None
+
+
+def class_first_scheduler(*, vllm_config: Any, **kwargs: Any) -> Scheduler:
+    """What `--scheduler-cls` names: vLLM calls it as it would call its scheduler class. The
+    asynchronous variant where vLLM schedules asynchronously (its default on GPUs), which
+    it decides only once the config is complete."""
+    cls = ClassFirstAsyncScheduler if vllm_config.scheduler_config.async_scheduling else ClassFirstScheduler
+    return cls(vllm_config=vllm_config, **kwargs)
+
+
+class _ClassFirst(Scheduler):
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        held = self._lower_class_for_this_step()
+        if not held:
+            return super().schedule(*args, **kwargs)
+        held_ids = {id(request) for request in held}
+        self.running = [request for request in self.running if id(request) not in held_ids]
+        # The held requests keep their places in the batch: the step may not start more
+        # requests than it could with them.
+        running_limit, active_limit = self.max_num_running_reqs, self.max_num_active_reqs
+        self.max_num_running_reqs -= len(held)
+        self.max_num_active_reqs -= len(held)
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            self.max_num_running_reqs, self.max_num_active_reqs = running_limit, active_limit
+            self.running.extend(held)
+
+    def _lower_class_for_this_step(self) -> list[Request]:
+        """The running requests of a lower class than the next waiting request, when that
+        request is new (nothing computed), has not had its step yet and has room to start."""
+        if self.policy != SchedulingPolicy.PRIORITY or not self.running or not self.waiting:
+            return []
+        if len(self.running) >= min(self.max_num_running_reqs, self.max_num_active_reqs):
+            return []
+        upcoming = self.waiting.peek_request()
+        klass = request_class(upcoming)
+        if (klass is None or upcoming.status != RequestStatus.WAITING or upcoming.num_computed_tokens
+                or getattr(upcoming, _STARTED, False)):
+            return []
+        setattr(upcoming, _STARTED, True)
+        return [request for request in self.running
+                if (other := request_class(request)) is not None and other > klass]
+
+
+class ClassFirstScheduler(_ClassFirst):
+    pass
+
+
+class ClassFirstAsyncScheduler(_ClassFirst, AsyncScheduler):
+    pass

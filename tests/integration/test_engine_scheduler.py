@@ -1,0 +1,154 @@
+"""components/engine_scheduler.py against vLLM's own scheduler and KV cache manager (real
+parts, no model run): the bundled model's config, a real KV cache layout, and model outputs
+fed back as the engine core does."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import pytest
+
+pytest.importorskip("vllm")
+
+import torch  # noqa: E402
+from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig  # noqa: E402
+from vllm.sampling_params import SamplingParams  # noqa: E402
+from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec  # noqa: E402
+from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
+from vllm.v1.request import Request  # noqa: E402
+from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
+
+from components.bundled_model import ensure_converted  # noqa: E402
+from components.engine_scheduler import ClassFirstAsyncScheduler, ClassFirstScheduler, class_first_scheduler  # noqa: E402
+from components.engine_spec import SCHEDULER_CLS  # noqa: E402
+from components.vllm_hooks import CLASS_ARG  # noqa: E402
+
+BLOCK = 16
+MAX_SEQS = 8
+
+
+@pytest.fixture(scope="module")
+def vllm_config() -> VllmConfig:
+    cache = os.environ.get("VLLM_CACHE_ROOT") or os.path.join(tempfile.gettempdir(), "vllm_cache")
+    model = ModelConfig(model=str(ensure_converted(cache)), dtype="float32", seed=0)
+    scheduler = SchedulerConfig(max_num_seqs=MAX_SEQS, max_num_batched_tokens=2048, max_model_len=2048,
+                                enable_chunked_prefill=True, policy="priority", is_encoder_decoder=False)
+    return VllmConfig(model_config=model, scheduler_config=scheduler,
+                      cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=False))
+
+
+def parts(config: VllmConfig, blocks: int = 1000) -> dict[str, Any]:
+    """What the engine core hands a scheduler: a KV cache of `blocks` blocks of one layer."""
+    config.cache_config.num_gpu_blocks = blocks
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=1, head_size=1, dtype=torch.float32)
+    kv = KVCacheConfig(num_blocks=blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
+    return {"vllm_config": config, "kv_cache_config": kv, "block_size": BLOCK,
+            "structured_output_manager": StructuredOutputManager(config)}
+
+
+def make(cls: type[Scheduler], config: VllmConfig, blocks: int = 1000) -> Scheduler:
+    return cls(**parts(config, blocks))
+
+
+def request(rid: str, klass: int | None, priority: int, prompt_len: int = 20) -> Request:
+    extra = {CLASS_ARG: klass} if klass is not None else None
+    params = SamplingParams(max_tokens=200, ignore_eos=True, extra_args=extra)
+    return Request(rid, list(range(1, prompt_len + 1)), params, None, arrival_time=float(priority), priority=priority)
+
+
+def step(scheduler: Scheduler) -> dict[str, int]:
+    """One engine step: schedule, then feed back one sampled token per request that finished
+    its prompt, as the engine core does. Returns the tokens scheduled per request."""
+    out = scheduler.schedule()
+    ids = list(out.num_scheduled_tokens)
+    sampled = [[7] if scheduler.requests[r].num_computed_tokens >= scheduler.requests[r].num_prompt_tokens else []
+               for r in ids]
+    result: Any = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
+                                    sampled_token_ids=sampled)
+    scheduler.update_from_output(out, result)
+    return dict(out.num_scheduled_tokens)
+
+
+def test_the_scheduler_vllm_loads_is_this_one(vllm_config: VllmConfig) -> None:
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+
+    assert resolve_obj_by_qualname(SCHEDULER_CLS) is class_first_scheduler
+    try:
+        for async_scheduling, expected in ((False, ClassFirstScheduler), (True, ClassFirstAsyncScheduler)):
+            vllm_config.scheduler_config.async_scheduling = async_scheduling
+            assert type(class_first_scheduler(**parts(vllm_config))) is expected
+    finally:
+        vllm_config.scheduler_config.async_scheduling = False
+
+
+@pytest.mark.parametrize("cls", [ClassFirstScheduler, Scheduler])
+def test_a_higher_class_request_starts_in_a_step_without_the_lower_class(vllm_config: VllmConfig,
+                                                                       cls: type[Scheduler]) -> None:
+    scheduler = make(cls, vllm_config)
+    for index in range(5):
+        scheduler.add_request(request(f"batch-{index}", 10, 20_000 + index))
+    scheduler.add_request(request("standard", 5, 10_000))
+    step(scheduler)
+    assert set(step(scheduler)) == {*(f"batch-{i}" for i in range(5)), "standard"}  # all decoding
+
+    scheduler.add_request(request("interactive", 0, 30_000, prompt_len=37))
+    first = step(scheduler)
+    if cls is Scheduler:  # vLLM's own: the prefill shares the step with every decode
+        assert len(first) == 7
+        return
+    assert first == {"interactive": 37}
+    # Once only: the next step carries everyone again, the interactive request decoding.
+    assert set(step(scheduler)) == {*(f"batch-{i}" for i in range(5)), "standard", "interactive"}
+
+
+def test_a_same_or_lower_class_request_shares_its_step(vllm_config: VllmConfig) -> None:
+    scheduler = make(ClassFirstScheduler, vllm_config)
+    for index in range(3):
+        scheduler.add_request(request(f"standard-{index}", 5, 10_000 + index))
+    step(scheduler)
+    step(scheduler)
+    scheduler.add_request(request("another-standard", 5, 5_000))
+    assert len(step(scheduler)) == 4
+    scheduler.add_request(request("batch", 10, 1_000))
+    assert len(step(scheduler)) == 5
+
+
+def test_requests_without_a_class_neither_hold_nor_are_held(vllm_config: VllmConfig) -> None:
+    scheduler = make(ClassFirstScheduler, vllm_config)
+    scheduler.add_request(request("untagged", None, 20_000))
+    scheduler.add_request(request("batch", 10, 20_001))
+    step(scheduler)
+    step(scheduler)
+    scheduler.add_request(request("interactive", 0, 1))
+    assert set(step(scheduler)) == {"untagged", "interactive"}  # only the batch one waits a step
+    scheduler.add_request(request("untagged-new", None, 0))
+    assert len(step(scheduler)) == 4
+
+
+def test_no_hold_when_the_new_request_has_no_room(vllm_config: VllmConfig) -> None:
+    scheduler = make(ClassFirstScheduler, vllm_config)
+    for index in range(MAX_SEQS):
+        scheduler.add_request(request(f"batch-{index}", 10, 20_000 + index))
+    step(scheduler)
+    step(scheduler)
+    scheduler.add_request(request("interactive", 0, 1))
+    # Every place is taken: holding the batch would only idle the step. (vLLM's priority
+    # policy preempts only when the KV cache runs out, not for a place in the batch.)
+    assert len(step(scheduler)) == MAX_SEQS
+    assert len(scheduler.running) == MAX_SEQS
+
+
+def test_a_request_that_cannot_start_holds_the_others_one_step_only(vllm_config: VllmConfig) -> None:
+    scheduler = make(ClassFirstScheduler, vllm_config, blocks=12)
+    for index in range(3):
+        scheduler.add_request(request(f"batch-{index}", 10, 20_000 + index))
+    step(scheduler)
+    assert len(step(scheduler)) == 3
+    scheduler.add_request(request("interactive", 0, 1, prompt_len=200))  # more blocks than are free
+    assert step(scheduler) == {}  # its step: it could not start, the batch waited once
+    for _ in range(3):
+        assert len(step(scheduler)) == 3  # then never again: no class starves
+    assert scheduler.requests["interactive"].num_computed_tokens == 0
