@@ -193,7 +193,11 @@ def main() -> None:
 
     model_dir = str(ensure_converted(EngineSettings().cache_dir))  # type: ignore[call-arg]
     spec = resolve_spec(EngineSettings(), gpu_count=0, drain_seconds=30)  # type: ignore[call-arg]
-    raw, raw_url = start_raw_vllm(spec.cli_args, spec.engine_env, logs / "vllm.log")
+    # Raw vLLM gets the same engine arguments except our scheduler (components/engine_scheduler.py):
+    # its own stock one. (Without priority classes ours schedules the same; this keeps "raw" raw.)
+    at = spec.cli_args.index("--scheduler-cls")
+    raw_args = spec.cli_args[:at] + spec.cli_args[at + 2:]
+    raw, raw_url = start_raw_vllm(raw_args, spec.engine_env, logs / "vllm.log")
     # Queue like raw vLLM (which waits without bound): a slow host at concurrency 64 waits
     # longer than the default QUEUE_TIMEOUT_SECONDS, and refusals are not what this measures.
     env = {"API_KEYS": KEY, "DEFAULT_RATE_LIMIT": "1000000", "MAX_QUEUE_SIZE": "100", "QUEUE_TIMEOUT_SECONDS": "3600"}
