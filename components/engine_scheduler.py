@@ -7,7 +7,9 @@ decodes 35 ms). vLLM's priority policy orders the waiting queue, but the first s
 interactive request still carries every batch sequence running. Here that one step carries
 only the requests of its class or above; the lower ones skip that step (they keep their KV
 cache and continue on the next, as when vLLM's token budget runs out) and lose one step's
-time per such start. Each request gets this at most once, so no class starves.
+time per such start. Each request gets this at most once, and never two steps in a row:
+however fast higher-class requests arrive, the lower classes run at least every other
+step, so none starves.
 
 The class comes with each request in `SamplingParams.extra_args` (CLASS_ARG), set by the
 service for every request it sends (components/vllm_hooks.py); a request without it is
@@ -62,9 +64,15 @@ class _ClassFirst(Scheduler):
             self.max_num_running_reqs, self.max_num_active_reqs = running_limit, active_limit
             self.running.extend(held)
 
+    _held_last_step = False
+
     def _lower_class_for_this_step(self) -> list[Request]:
         """The running requests of a lower class than the next waiting request, when that
-        request is new (nothing computed), has not had its step yet and has room to start."""
+        request is new (nothing computed), has not had its step yet and has room to start,
+        and the last step held nobody."""
+        if self._held_last_step:
+            self._held_last_step = False
+            return []
         if self.policy != SchedulingPolicy.PRIORITY or not self.running or not self.waiting:
             return []
         if len(self.running) >= min(self.max_num_running_reqs, self.max_num_active_reqs):
@@ -75,8 +83,9 @@ class _ClassFirst(Scheduler):
                 or getattr(upcoming, _STARTED, False)):
             return []
         setattr(upcoming, _STARTED, True)
-        return [request for request in self.running
-                if (other := request_class(request)) is not None and other > klass]
+        held = [request for request in self.running if (other := request_class(request)) is not None and other > klass]
+        self._held_last_step = bool(held)
+        return held
 
 
 class ClassFirstScheduler(_ClassFirst):

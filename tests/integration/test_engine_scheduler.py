@@ -72,6 +72,14 @@ def step(scheduler: Scheduler) -> dict[str, int]:
     return dict(out.num_scheduled_tokens)
 
 
+def start(scheduler: Scheduler, name: str, klass: int, count: int, priority: int) -> None:
+    """`count` requests of one class, through their prefill and into decoding."""
+    for index in range(count):
+        scheduler.add_request(request(f"{name}-{index}", klass, priority + index))
+    step(scheduler)
+    step(scheduler)
+
+
 def test_the_scheduler_vllm_loads_is_this_one(vllm_config: VllmConfig) -> None:
     from vllm.utils.import_utils import resolve_obj_by_qualname
 
@@ -106,10 +114,7 @@ def test_a_higher_class_request_starts_in_a_step_without_the_lower_class(vllm_co
 
 def test_a_same_or_lower_class_request_shares_its_step(vllm_config: VllmConfig) -> None:
     scheduler = make(ClassFirstScheduler, vllm_config)
-    for index in range(3):
-        scheduler.add_request(request(f"standard-{index}", 5, 10_000 + index))
-    step(scheduler)
-    step(scheduler)
+    start(scheduler, "standard", 5, 3, 10_000)
     scheduler.add_request(request("another-standard", 5, 5_000))
     assert len(step(scheduler)) == 4
     scheduler.add_request(request("batch", 10, 1_000))
@@ -130,10 +135,7 @@ def test_requests_without_a_class_neither_hold_nor_are_held(vllm_config: VllmCon
 
 def test_no_hold_when_the_new_request_has_no_room(vllm_config: VllmConfig) -> None:
     scheduler = make(ClassFirstScheduler, vllm_config)
-    for index in range(MAX_SEQS):
-        scheduler.add_request(request(f"batch-{index}", 10, 20_000 + index))
-    step(scheduler)
-    step(scheduler)
+    start(scheduler, "batch", 10, MAX_SEQS, 20_000)
     scheduler.add_request(request("interactive", 0, 1))
     # Every place is taken: holding the batch would only idle the step. (vLLM's priority
     # policy preempts only when the KV cache runs out, not for a place in the batch.)
@@ -152,3 +154,14 @@ def test_a_request_that_cannot_start_holds_the_others_one_step_only(vllm_config:
     for _ in range(3):
         assert len(step(scheduler)) == 3  # then never again: no class starves
     assert scheduler.requests["interactive"].num_computed_tokens == 0
+
+
+def test_the_lower_classes_run_at_least_every_other_step(vllm_config: VllmConfig) -> None:
+    scheduler = make(ClassFirstScheduler, vllm_config)
+    start(scheduler, "batch", 10, 3, 20_000)
+    batch = {f"batch-{i}" for i in range(3)}
+    for wave in range(3):  # a new interactive request before every step
+        scheduler.add_request(request(f"interactive-{wave}-a", 0, 1 + wave))
+        assert batch.isdisjoint(step(scheduler))  # held for this one's step
+        scheduler.add_request(request(f"interactive-{wave}-b", 0, 1 + wave))
+        assert batch <= set(step(scheduler))  # not for the next: it starts beside them
