@@ -195,8 +195,10 @@ def main() -> None:
     spec = resolve_spec(EngineSettings(), gpu_count=0, drain_seconds=30)  # type: ignore[call-arg]
     # Raw vLLM gets the same engine arguments except our scheduler (components/engine_scheduler.py):
     # its own stock one. (Without priority classes ours schedules the same; this keeps "raw" raw.)
-    at = spec.cli_args.index("--scheduler-cls")
-    raw_args = spec.cli_args[:at] + spec.cli_args[at + 2:]
+    raw_args = list(spec.cli_args)
+    if "--scheduler-cls" in raw_args:
+        at = raw_args.index("--scheduler-cls")
+        del raw_args[at:at + 2]
     raw, raw_url = start_raw_vllm(raw_args, spec.engine_env, logs / "vllm.log")
     # Queue like raw vLLM (which waits without bound): a slow host at concurrency 64 waits
     # longer than the default QUEUE_TIMEOUT_SECONDS, and refusals are not what this measures.

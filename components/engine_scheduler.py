@@ -6,10 +6,11 @@ Why: an engine step costs more the more sequences it carries, and on CPUs much m
 decodes 35 ms). vLLM's priority policy orders the waiting queue, but the first step of an
 interactive request still carries every batch sequence running. Here that one step carries
 only the requests of its class or above; the lower ones skip that step (they keep their KV
-cache and continue on the next, as when vLLM's token budget runs out) and lose one step's
-time per such start. Each request gets this at most once, and never two steps in a row:
-however fast higher-class requests arrive, the lower classes run at least every other
-step, so none starves.
+cache and their place, and continue on the next) and lose one step's time per such start.
+Each request gets this at most once, and never two steps in a row: however fast
+higher-class requests arrive, the lower classes run at least every other step, so none
+starves. On by default on CPUs only (PRIORITY_FIRST_STEP_ALONE): on a GPU a decode batch
+adds little to a prefill's step, and the lower classes would lose a step for little.
 
 The class comes with each request in `SamplingParams.extra_args` (CLASS_ARG), set by the
 service for every request it sends (components/vllm_hooks.py); a request without it is
@@ -47,45 +48,50 @@ def class_first_scheduler(*, vllm_config: Any, **kwargs: Any) -> Scheduler:
 
 
 class _ClassFirst(Scheduler):
+    _held_last_step = False
+
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        held = self._lower_class_for_this_step()
-        if not held:
+        plan = self._plan_for_this_step()
+        if plan is None:
             return super().schedule(*args, **kwargs)
-        held_ids = {id(request) for request in held}
-        self.running = [request for request in self.running if id(request) not in held_ids]
-        # The held requests keep their places in the batch: the step may not start more
-        # requests than it could with them.
-        running_limit, active_limit = self.max_num_running_reqs, self.max_num_active_reqs
-        self.max_num_running_reqs -= len(held)
-        self.max_num_active_reqs -= len(held)
+        klass, held = plan
+        # vLLM's own way to skip a running request for one step (its diffusion scheduler's):
+        # it keeps its place in `running`, so the next step serves it in order, and it stays
+        # the first to be preempted should the KV cache run out.
+        for request in held:
+            request.next_decode_eligible_step = max(request.next_decode_eligible_step, self.current_step + 2)
+        # Nor may this step start a waiting request of a lower class (the other prompts of a
+        # batch request, say) in the room the held ones leave.
+        eligible = sum(1 for request in self.waiting
+                       if (other := request_class(request)) is not None and other <= klass)
+        active_limit = self.max_num_active_reqs
+        self.max_num_active_reqs = min(active_limit,
+                                       len(self.running) + self.num_waiting_for_streaming_input + eligible)
         try:
             return super().schedule(*args, **kwargs)
         finally:
-            self.max_num_running_reqs, self.max_num_active_reqs = running_limit, active_limit
-            self.running.extend(held)
+            self.max_num_active_reqs = active_limit
 
-    _held_last_step = False
-
-    def _lower_class_for_this_step(self) -> list[Request]:
-        """The running requests of a lower class than the next waiting request, when that
-        request is new (nothing computed), has not had its step yet and has room to start,
-        and the last step held nobody."""
+    def _plan_for_this_step(self) -> tuple[int, list[Request]] | None:
+        """(class, the running requests of a lower class) when the next waiting request is
+        new (nothing computed), has not had its step yet and has room to start, and the last
+        step held nobody."""
         if self._held_last_step:
             self._held_last_step = False
-            return []
+            return None
         if self.policy != SchedulingPolicy.PRIORITY or not self.running or not self.waiting:
-            return []
-        if len(self.running) >= min(self.max_num_running_reqs, self.max_num_active_reqs):
-            return []
+            return None
+        if len(self.running) + self.num_waiting_for_streaming_input >= self.max_num_active_reqs:
+            return None
         upcoming = self.waiting.peek_request()
         klass = request_class(upcoming)
         if (klass is None or upcoming.status != RequestStatus.WAITING or upcoming.num_computed_tokens
                 or getattr(upcoming, _STARTED, False)):
-            return []
+            return None
         setattr(upcoming, _STARTED, True)
         held = [request for request in self.running if (other := request_class(request)) is not None and other > klass]
         self._held_last_step = bool(held)
-        return held
+        return (klass, held) if held else None
 
 
 class ClassFirstScheduler(_ClassFirst):

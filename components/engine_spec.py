@@ -158,9 +158,10 @@ def resolve_spec(
         "--enable-prompt-tokens-details",
         # Each request carries its key's class (keys file); all equal, this is FIFO.
         "--scheduling-policy", "priority",
-        # vLLM's scheduler, plus: a request's first step runs without lower classes.
-        "--scheduler-cls", SCHEDULER_CLS,
     ]
+    if settings.first_step_alone if settings.first_step_alone is not None else not on_gpu:
+        # vLLM's scheduler, plus: a request's first step runs without lower classes.
+        args += ["--scheduler-cls", SCHEDULER_CLS]
     if on_gpu:
         args += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
     if quantization:

@@ -116,17 +116,19 @@ class GenerationResponse(Response):
                 gen.body.priority = ticket.slot.priority
                 async with ticket:
                     with span(ctx, "engine"):
+                        # Until the response is written: a streamed Responses request reaches
+                        # the engine (and vLLM's context check) only once its stream is read.
                         chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
                         klass = engine_class.set(ticket.slot.klass)
                         try:
                             result = await self.call(gen.body, self.request)
+                            if gen.stream:
+                                await self._stream(result, ticket, write, ctx)
+                            else:
+                                await self._respond(result, ticket, write, ctx)
                         finally:
                             engine_class.reset(klass)
                             client_chose_max_tokens.reset(chosen)
-                        if gen.stream:
-                            await self._stream(result, ticket, write, ctx)
-                        else:
-                            await self._respond(result, ticket, write, ctx)
         except ServiceError as error:
             self._error = error
             await self._fail(error, write, ctx)

@@ -54,6 +54,8 @@ class EngineSettings(_Group):
     attention_backend: str = Field("AUTO", alias="VLLM_ATTENTION_BACKEND")
     swap_space: float | None = Field(None, alias="SWAP_SPACE", ge=0)
     enforce_eager: bool | None = Field(None, alias="ENFORCE_EAGER")
+    # The step that starts a request runs without lower priority classes (engine_scheduler).
+    first_step_alone: bool | None = Field(None, alias="PRIORITY_FIRST_STEP_ALONE")
     # The documented default; production points it at a mounted volume.
     cache_dir: str = Field("/tmp/vllm_cache", alias="VLLM_CACHE_DIR")  # noqa: S108
     hf_home: str | None = Field(None, alias="HF_HOME")

@@ -4,8 +4,6 @@ fed back as the engine core does."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import pytest
@@ -24,6 +22,7 @@ from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 from components.bundled_model import ensure_converted  # noqa: E402
 from components.engine_scheduler import ClassFirstAsyncScheduler, ClassFirstScheduler, class_first_scheduler  # noqa: E402
 from components.engine_spec import SCHEDULER_CLS  # noqa: E402
+from components.settings import EngineSettings  # noqa: E402
 from components.vllm_hooks import CLASS_ARG  # noqa: E402
 
 BLOCK = 16
@@ -31,13 +30,22 @@ MAX_SEQS = 8
 
 
 @pytest.fixture(scope="module")
-def vllm_config() -> VllmConfig:
-    cache = os.environ.get("VLLM_CACHE_ROOT") or os.path.join(tempfile.gettempdir(), "vllm_cache")
-    model = ModelConfig(model=str(ensure_converted(cache)), dtype="float32", seed=0)
-    scheduler = SchedulerConfig(max_num_seqs=MAX_SEQS, max_num_batched_tokens=2048, max_model_len=2048,
+def model_config() -> ModelConfig:
+    cache = EngineSettings().cache_dir  # type: ignore[call-arg]
+    return ModelConfig(model=str(ensure_converted(cache)), dtype="float32", seed=0)
+
+
+def config_for(model: ModelConfig, budget: int = 2048) -> VllmConfig:
+    """`budget`: tokens per step (chunked prefill splits a longer prompt)."""
+    scheduler = SchedulerConfig(max_num_seqs=MAX_SEQS, max_num_batched_tokens=budget, max_model_len=2048,
                                 enable_chunked_prefill=True, policy="priority", is_encoder_decoder=False)
     return VllmConfig(model_config=model, scheduler_config=scheduler,
                       cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=False))
+
+
+@pytest.fixture
+def vllm_config(model_config: ModelConfig) -> VllmConfig:
+    return config_for(model_config)
 
 
 def parts(config: VllmConfig, blocks: int = 1000) -> dict[str, Any]:
@@ -165,3 +173,23 @@ def test_the_lower_classes_run_at_least_every_other_step(vllm_config: VllmConfig
         assert batch.isdisjoint(step(scheduler))  # held for this one's step
         scheduler.add_request(request(f"interactive-{wave}-b", 0, 1 + wave))
         assert batch <= set(step(scheduler))  # not for the next: it starts beside them
+
+
+def test_the_held_keep_their_place_before_a_long_prompts_next_chunk(model_config: ModelConfig) -> None:
+    scheduler = make(ClassFirstScheduler, config_for(model_config, budget=64))
+    start(scheduler, "batch", 10, 3, 20_000)
+    scheduler.add_request(request("interactive", 0, 1, prompt_len=300))
+    assert step(scheduler) == {"interactive": 64}  # its first chunk, alone
+    second = step(scheduler)
+    # The batch decodes go first, as they would have without the hold; the prompt's next
+    # chunk takes what is left of the budget.
+    assert second == {"batch-0": 1, "batch-1": 1, "batch-2": 1, "interactive": 61}
+
+
+def test_the_held_step_starts_no_lower_class_request(vllm_config: VllmConfig) -> None:
+    scheduler = make(ClassFirstScheduler, vllm_config)
+    start(scheduler, "batch", 10, 3, 20_000)
+    scheduler.add_request(request("batch-new", 10, 30_000))
+    scheduler.add_request(request("interactive", 0, 1))
+    assert step(scheduler) == {"interactive": 20}
+    assert set(step(scheduler)) == {"batch-0", "batch-1", "batch-2", "batch-new", "interactive"}

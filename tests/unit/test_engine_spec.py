@@ -42,6 +42,16 @@ def test_model_path_wins_and_settings_reach_the_args() -> None:
     assert args[args.index("--attention-backend") + 1] == "TRITON_ATTN"
 
 
+@pytest.mark.parametrize(("env", "gpus", "on"), [({}, 0, True), ({}, 1, False),
+                                                ({"PRIORITY_FIRST_STEP_ALONE": "false"}, 0, False),
+                                                ({"PRIORITY_FIRST_STEP_ALONE": "true"}, 1, True)])
+def test_the_first_step_rule_is_on_for_cpus_by_default(env: dict[str, str], gpus: int, on: bool) -> None:
+    args = resolve_spec(engine_settings(**env), gpu_count=gpus).cli_args
+    assert args[args.index("--scheduling-policy") + 1] == "priority"
+    assert (args[args.index("--scheduler-cls") + 1] == "components.engine_scheduler.class_first_scheduler"
+            if on else "--scheduler-cls" not in args)
+
+
 def test_sdpa_backend_is_left_to_vllm() -> None:
     assert "--attention-backend" not in resolve_spec(engine_settings(VLLM_ATTENTION_BACKEND="SDPA"), 1).cli_args
 
