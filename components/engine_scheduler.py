@@ -47,7 +47,7 @@ def class_first_scheduler(*, vllm_config: Any, **kwargs: Any) -> Scheduler:
     return cls(vllm_config=vllm_config, **kwargs)
 
 
-class _ClassFirst(Scheduler):
+class ClassFirstScheduler(Scheduler):
     _held_last_step = False
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
@@ -94,9 +94,5 @@ class _ClassFirst(Scheduler):
         return (klass, held) if held else None
 
 
-class ClassFirstScheduler(_ClassFirst):
-    pass
-
-
-class ClassFirstAsyncScheduler(_ClassFirst, AsyncScheduler):
-    pass
+class ClassFirstAsyncScheduler(ClassFirstScheduler, AsyncScheduler):
+    """The same rule over vLLM's asynchronous scheduler (its output placeholders)."""
