@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from components.context import RequestContext, request_context
-from components.errors import ClientClosed, GenerationTimeout, ServiceError, StreamStalled, render_sse
+from components.errors import ClientClosed, ServiceError, StreamStalled, render_sse
 from components.interrupts import Interrupts, Writer
 from components.ledger import Hold, Ledger, settle_quietly
 from components.lifecycle import Gate, Pass
@@ -31,7 +31,7 @@ from components.responses import send_error
 from components.tracing import span
 from components.validation import Generation, requested_max_tokens, reservation
 from components.vllm_bridge import Stream
-from components.vllm_hooks import client_chose_max_tokens, engine_class, on_rendered
+from components.vllm_hooks import Delivery, EngineTags, client_chose_max_tokens, engine_tags, on_rendered
 
 Call = Callable[[Any, Request], Awaitable[Any]]
 
@@ -56,6 +56,25 @@ class Dialect:
 OPENAI = Dialect()
 
 
+def charge(delivery: Delivery, reserved: int) -> int:
+    """What a generation is charged: every token the engine produced for it (each prompt
+    once, every choice's tokens, counted from the engine's token ids), however it ended; so
+    never less than was delivered, and never more than was reserved. Nothing reached the
+    engine (a refusal): nothing. A non-streaming request cut off before its one output: how
+    far the engine got is not known, so the whole reservation."""
+    return reserved if delivery.unknown else min(reserved, delivery.total)
+
+
+def cache_salt(policy: Any) -> str | None:
+    """The prefix-cache partition of a key's requests: its `cache_group` (keys of one tenant
+    sharing a cache, keys file) or its own id. A prefix cached for one partition is never a
+    hit for another, so neither `cached_tokens` nor the time to first token tells a key what
+    another sent. Keys off: one partition (one tenant)."""
+    if policy is None:
+        return None
+    return f"tenant:{getattr(policy, 'cache_group', None) or policy.id}"
+
+
 class GenerationResponse(Response):
     def __init__(
         self, generation: Generation, request: Request, call: Call, gate: Gate, stall_timeout_s: float,
@@ -70,20 +89,24 @@ class GenerationResponse(Response):
         self.ledger = ledger
         self.background = None
         self._hold: Hold | None = None
-        self._error: ServiceError | None = None
+        self._delivery = Delivery()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The token reservation, if any, is made once vLLM has counted the prompts and is
         settled here, once, however the request ends."""
         ctx = request_context(scope)
-        reserving = on_rendered.set(self._reserve) if self.generation.token_limits and self.ledger else None
+        reserving = on_rendered.set(self._reserve) if self._reserving else None
         try:
             await self._run(ctx, receive, send)
         finally:
             if reserving is not None:
                 on_rendered.reset(reserving)
             if self._hold is not None:
-                await settle_quietly(self._hold, self._used(self._hold, ctx))
+                await settle_quietly(self._hold, self._used(self._hold))
+
+    @property
+    def _reserving(self) -> bool:
+        return bool(self.generation.token_limits and self.ledger)
 
     async def _reserve(self, prompt_lengths: list[int], max_model_len: int) -> None:
         gen, body = self.generation, self.generation.body
@@ -92,17 +115,8 @@ class GenerationResponse(Response):
         if self.ledger is not None and gen.token_limits is not None:
             self._hold = await self.ledger.reserve(gen.key, amount, gen.token_limits)
 
-    def _used(self, hold: Hold, ctx: RequestContext) -> int:
-        """What to charge: the engine's count when it gave one (a stream's last chunk counts
-        too). Without one: a refusal (4xx) or our own fault (5xx) costs nothing; a request
-        the client or its cost cut off (disconnect, time limit, cancelled from outside) is
-        charged its whole reservation, since how much the engine did is not known."""
-        if ctx.usage and ctx.usage.get("total_tokens") is not None:
-            return int(ctx.usage["total_tokens"])
-        error = self._error
-        if error is None or isinstance(error, ClientClosed | GenerationTimeout):
-            return hold.amount
-        return 0
+    def _used(self, hold: Hold) -> int:
+        return charge(self._delivery, hold.amount)
 
     async def _run(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
         write = Writer(send, self.stall_timeout_s, ctx.wire_send)
@@ -119,7 +133,8 @@ class GenerationResponse(Response):
                         # Until the response is written: a streamed Responses request reaches
                         # the engine (and vLLM's context check) only once its stream is read.
                         chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
-                        klass = engine_class.set(ticket.slot.klass)
+                        tags = engine_tags.set(EngineTags(ticket.slot.klass, cache_salt(ctx.policy),
+                                                          self._delivery if self._reserving else None))
                         try:
                             result = await self.call(gen.body, self.request)
                             if gen.stream:
@@ -127,17 +142,16 @@ class GenerationResponse(Response):
                             else:
                                 await self._respond(result, ticket, write, ctx)
                         finally:
-                            engine_class.reset(klass)
+                            engine_tags.reset(tags)
                             client_chose_max_tokens.reset(chosen)
         except ServiceError as error:
-            self._error = error
             await self._fail(error, write, ctx)
 
-    async def _settle_now(self, ctx: RequestContext) -> None:
+    async def _settle_now(self) -> None:
         """Settle as soon as the engine's count is known, before the last byte goes out: a
         client's next request then sees its window as this one left it."""
         if self._hold is not None:
-            await settle_quietly(self._hold, self._used(self._hold, ctx))
+            await settle_quietly(self._hold, self._used(self._hold))
 
     async def _respond(self, result: Any, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
         ticket.engine_finished()
@@ -146,7 +160,7 @@ class GenerationResponse(Response):
         ctx.finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
         ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
         ctx.ttft_s = ttft_ms / 1000 if ttft_ms is not None else None
-        await self._settle_now(ctx)
+        await self._settle_now()
         await write.json(json.dumps(self.dialect.body(result), ensure_ascii=False).encode())
 
     async def _stream(self, stream: Stream, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
@@ -167,7 +181,7 @@ class GenerationResponse(Response):
                     ctx.ttft_s = time.perf_counter() - ctx.started
                 if event.startswith(self.dialect.last_event) and stream.usage is not None:
                     ctx.usage = stream.usage
-                    await self._settle_now(ctx)
+                    await self._settle_now()
                 await write({"type": "http.response.body", "body": event.encode(), "more_body": True})
             await write({"type": "http.response.body", "body": b""})
         finally:

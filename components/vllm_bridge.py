@@ -24,7 +24,7 @@ from components.errors import (
     render_sse,
 )
 from components.request_fields import request_kind
-from components.vllm_hooks import install_class_tag, install_context_check, report_rendered
+from components.vllm_hooks import install_context_check, install_engine_tags, report_rendered
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -214,7 +214,7 @@ class OpenAIBridge:
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         install_context_check((chat_serving, completion_serving, responses_serving))
-        install_class_tag(engine)
+        install_engine_tags(engine)
         state = State()
         tasks = await engine.get_supported_tasks()
         await init_app_state(engine, state, args, tasks)

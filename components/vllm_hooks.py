@@ -1,12 +1,15 @@
 """Hooks into vLLM 0.32's OpenAI serving layer (internal API, pinned): the strict context
-check, the point where the prompts' exact token counts are known, and the priority class
-each engine request carries. The bridge installs them and hands in vLLM's objects: this
+check, the point where the prompts' exact token counts are known, and what each engine
+request carries and reports: its priority class, its tenant's prefix-cache salt, and the
+tokens the engine produced for it. The bridge installs them and hands in vLLM's objects: this
 module imports nothing of vLLM's."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 # False while the service, not the client, chose max_tokens (MAX_TOKENS_LIMIT as a default):
@@ -14,31 +17,96 @@ from typing import Any
 client_chose_max_tokens: ContextVar[bool] = ContextVar("client_chose_max_tokens", default=True)
 
 
-# Set by the generation path around its call into the serving layer: the request's priority
-# class as admitted, for the engine's scheduler (components/engine_scheduler.py), which reads
-# it from the sampling parameters' `extra_args` under CLASS_ARG.
-engine_class: ContextVar[int | None] = ContextVar("engine_class", default=None)
 CLASS_ARG = "service_priority_class"
 
 
-def install_class_tag(engine: Any) -> None:
+@dataclass(eq=False)
+class Delivery:
+    """What the engine produced for one generation, counted from its outputs' token ids
+    (never from text): each engine request's prompt once, each choice's tokens. Nothing
+    reaches a client that did not pass through here first, so charging this total never
+    charges less than was delivered, however the request ends (components/generation.py).
+    `unknown`: an engine request that streams no deltas (non-streaming: one output at the
+    end) was cut off before that output, so how far it got is not known."""
+
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
+    choice_tokens: dict[tuple[str, int], int] = field(default_factory=dict)
+    unknown: bool = False
+
+    @property
+    def total(self) -> int:
+        return sum(self.prompt_tokens.values()) + sum(self.choice_tokens.values())
+
+    async def count(self, outputs: AsyncIterator[Any], request_id: str, prompt_len: int,
+                    delta: bool) -> AsyncIterator[Any]:
+        finished = cut = False
+        try:
+            async for output in outputs:
+                self.prompt_tokens[request_id] = len(output.prompt_token_ids or ()) or prompt_len
+                for choice in output.outputs:
+                    slot = (request_id, choice.index)
+                    tokens = len(choice.token_ids)
+                    seen = self.choice_tokens.get(slot, 0)
+                    self.choice_tokens[slot] = seen + tokens if delta else max(seen, tokens)
+                finished = finished or output.finished
+                yield output
+        except (GeneratorExit, asyncio.CancelledError):
+            cut = True
+            raise
+        finally:
+            if cut and not finished:
+                # Cut off (disconnect, time limit, drain): the engine may have read the
+                # prompt already. An engine error instead charges only what came out.
+                self.prompt_tokens[request_id] = max(self.prompt_tokens.get(request_id, 0), prompt_len)
+                self.unknown = self.unknown or not delta
+            # Closing this wrapper must close vLLM's generator now: that aborts the request.
+            close = getattr(outputs, "aclose", None)
+            if close is not None:
+                await close()
+
+
+@dataclass(frozen=True)
+class EngineTags:
+    """What the service attaches to every engine request of one generation: its priority
+    class as admitted (for components/engine_scheduler.py), the prefix-cache salt of its
+    tenant, and the `Delivery` that counts what the engine produces for it."""
+
+    klass: int | None = None
+    cache_salt: str | None = None
+    delivery: Delivery | None = None
+
+
+# Set by the generation path around its call into the serving layer (and while a stream is
+# read): vLLM's handlers call the engine's `generate` in that context.
+engine_tags: ContextVar[EngineTags | None] = ContextVar("engine_tags", default=None)
+
+
+def install_engine_tags(engine: Any) -> None:
     """Wrap the engine's `generate`, which every serving handler calls once per engine
-    request while the generation path's context is current, so that each request carries
-    its class. Set for every request, and removed when none is set (the warm-up): a
-    client's own `vllm_xargs` can never choose a class."""
+    request while the generation path's context is current. The class and the cache salt
+    are the service's, set for every request and removed when none is set (the warm-up):
+    a client's own `vllm_xargs` or `cache_salt` can never choose them."""
     original = engine.generate
     if hasattr(original, "__wrapped__"):
         return
 
-    def generate(prompt: Any, sampling_params: Any, *args: Any, **kwargs: Any) -> Any:
+    def generate(prompt: Any, sampling_params: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        tags = engine_tags.get() or EngineTags()
         extra = dict(sampling_params.extra_args or {})
-        klass = engine_class.get()
-        if klass is None:
-            extra.pop(CLASS_ARG, None)
-        else:
-            extra[CLASS_ARG] = klass
+        extra.pop(CLASS_ARG, None)
+        if tags.klass is not None:
+            extra[CLASS_ARG] = tags.klass
         sampling_params.extra_args = extra or None
-        return original(prompt, sampling_params, *args, **kwargs)
+        if isinstance(prompt, dict):
+            prompt = {name: value for name, value in prompt.items() if name != "cache_salt"}
+            if tags.cache_salt is not None:
+                prompt["cache_salt"] = tags.cache_salt
+        outputs = original(prompt, sampling_params, request_id, *args, **kwargs)
+        if tags.delivery is None:
+            return outputs
+        prompt_len = len(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else 0
+        delta = getattr(sampling_params.output_kind, "name", None) == "DELTA"
+        return tags.delivery.count(outputs, request_id, prompt_len, delta)
 
     generate.__wrapped__ = original  # type: ignore[attr-defined]
     engine.generate = generate

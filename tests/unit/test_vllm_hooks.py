@@ -1,10 +1,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-from components.vllm_hooks import CLASS_ARG, engine_class, install_class_tag, on_rendered, report_rendered
+import pytest
+
+from components.vllm_hooks import (
+    CLASS_ARG,
+    Delivery,
+    EngineTags,
+    engine_tags,
+    install_engine_tags,
+    on_rendered,
+    report_rendered,
+)
 
 
 class ErrorResponse:
@@ -53,25 +64,142 @@ def test_the_prompt_lengths_reach_the_callback_in_every_call_shape() -> None:
 
 
 class Engine:
-    def __init__(self) -> None:
+    def __init__(self, outputs: list[Any] | None = None, fail: BaseException | None = None) -> None:
         self.seen: list[Any] = []
+        self.prompts: list[Any] = []
+        self.outputs = outputs or []
+        self.fail = fail
+        self.closed = False
 
     def generate(self, prompt: Any, sampling_params: Any, request_id: str, **kwargs: Any) -> Any:
         self.seen.append(dict(sampling_params.extra_args) if sampling_params.extra_args else None)
-        return request_id
+        self.prompts.append(prompt)
+        return self._outputs()
+
+    async def _outputs(self) -> AsyncIterator[Any]:
+        try:
+            for output in self.outputs:
+                yield output
+            if self.fail is not None:
+                raise self.fail
+        finally:
+            self.closed = True
+
+
+def params(kind: str = "DELTA", extra: dict[str, Any] | None = None) -> Any:
+    return SimpleNamespace(extra_args=extra, output_kind=SimpleNamespace(name=kind))
+
+
+def output(prompt: int, tokens: dict[int, int], finished: bool = False) -> Any:
+    """One RequestOutput: `tokens` maps choice index -> token ids in this output."""
+    return SimpleNamespace(prompt_token_ids=list(range(prompt)), finished=finished,
+                           outputs=[SimpleNamespace(index=i, token_ids=[7] * n) for i, n in tokens.items()])
+
+
+def run(engine: Any, tags: EngineTags | None, prompt: Any, sampling: Any, take: int | None = None) -> list[Any]:
+    """Call the wrapped generate in `tags`' context and read `take` outputs (None: all)."""
+    async def scenario() -> list[Any]:
+        token = engine_tags.set(tags)
+        try:
+            stream = engine.generate(prompt, sampling, "r1")
+            got = []
+            try:
+                async for each in stream:
+                    got.append(each)
+                    if take is not None and len(got) == take:
+                        break
+            finally:
+                await stream.aclose()
+            return got
+        finally:
+            engine_tags.reset(token)
+
+    return asyncio.run(scenario())
 
 
 def test_every_engine_request_carries_the_class_it_was_admitted_as() -> None:
     engine = Engine()
-    install_class_tag(engine)
-    install_class_tag(engine)  # once only
+    install_engine_tags(engine)
+    install_engine_tags(engine)  # once only
     # A client's own vllm_xargs arrive in extra_args: they stay, except a class of its own.
-    spoofed = SimpleNamespace(extra_args={CLASS_ARG: 0, "mine": 1})
-    token = engine_class.set(10)
-    try:
-        assert engine.generate("p", spoofed, "r1", priority=3) == "r1"
-        assert engine.generate("p", SimpleNamespace(extra_args=None), "r2") == "r2"
-    finally:
-        engine_class.reset(token)
-    engine.generate("p", SimpleNamespace(extra_args={CLASS_ARG: 0}), "warm-up")  # no class set: none goes
+    run(engine, EngineTags(klass=10), {}, params(extra={CLASS_ARG: 0, "mine": 1}))
+    run(engine, EngineTags(klass=10), {}, params())
+    run(engine, None, {}, params(extra={CLASS_ARG: 0}))  # no class set (warm-up): none goes
     assert engine.seen == [{CLASS_ARG: 10, "mine": 1}, {CLASS_ARG: 10}, None]
+
+
+def test_the_cache_salt_is_the_services_never_the_clients() -> None:
+    engine = Engine()
+    install_engine_tags(engine)
+    mine = {"prompt_token_ids": [1, 2], "cache_salt": "client-chosen"}
+    run(engine, EngineTags(cache_salt="tenant:a"), mine, params())
+    run(engine, None, mine, params())  # keys off: one partition, whatever the client says
+    assert engine.prompts == [{"prompt_token_ids": [1, 2], "cache_salt": "tenant:a"}, {"prompt_token_ids": [1, 2]}]
+    assert mine["cache_salt"] == "client-chosen"  # vLLM's own object is not changed
+
+
+def test_streamed_choices_are_counted_token_by_token() -> None:
+    outputs = [output(5, {0: 1, 1: 1}), output(5, {0: 2}), output(5, {1: 3}, finished=True)]
+    delivery = Delivery()
+    engine = Engine(outputs)
+    install_engine_tags(engine)
+    assert len(run(engine, EngineTags(delivery=delivery), {"prompt_token_ids": [1] * 5}, params())) == 3
+    assert (delivery.total, delivery.unknown) == (5 + 3 + 4, False)
+
+
+def test_a_stream_cut_off_is_charged_its_prompt_and_what_came_out() -> None:
+    outputs = [output(5, {0: 1, 1: 1}), output(5, {0: 1, 1: 1}), output(5, {0: 1, 1: 1}, finished=True)]
+    delivery = Delivery()
+    engine = Engine(outputs)
+    install_engine_tags(engine)
+    run(engine, EngineTags(delivery=delivery), {"prompt_token_ids": [1] * 5}, params(), take=2)
+    assert engine.closed  # closing the wrapper closes vLLM's generator: the engine aborts
+    assert (delivery.total, delivery.unknown) == (5 + 4, False)
+    before_any = Delivery()
+    run(Engine(outputs), EngineTags(delivery=before_any), {"prompt_token_ids": [1] * 5}, params(), take=0)
+    assert before_any.total == 0  # take=0 never starts it
+
+
+def test_a_final_only_request_cut_off_is_unknown_and_a_finished_one_exact() -> None:
+    finished = Delivery()
+    engine = Engine([output(4, {0: 6, 1: 9}, finished=True)])
+    install_engine_tags(engine)
+    run(engine, EngineTags(delivery=finished), {"prompt_token_ids": [1] * 4}, params("FINAL_ONLY"))
+    assert (finished.total, finished.unknown) == (4 + 15, False)
+
+    async def cut() -> Delivery:
+        delivery = Delivery()
+        never = asyncio.Event()
+
+        async def outputs() -> AsyncIterator[Any]:
+            await never.wait()
+            yield output(4, {0: 1})
+
+        task = asyncio.ensure_future(_drain(delivery.count(outputs(), "r1", 4, delta=False)))
+        await asyncio.sleep(0)
+        task.cancel()  # a disconnect or time limit while the engine works
+        await asyncio.gather(task, return_exceptions=True)
+        return delivery
+
+    delivery = asyncio.run(cut())
+    assert (delivery.total, delivery.unknown) == (4, True)
+
+
+def test_an_engine_error_charges_only_what_came_out() -> None:
+    delivery = Delivery()
+    engine = Engine([output(5, {0: 2})], fail=RuntimeError("engine failed"))
+    install_engine_tags(engine)
+    with pytest.raises(RuntimeError):
+        run(engine, EngineTags(delivery=delivery), {"prompt_token_ids": [1] * 5}, params())
+    assert (delivery.total, delivery.unknown) == (5 + 2, False)
+    refused = Delivery()
+    engine = Engine(fail=ValueError("bad request"))
+    install_engine_tags(engine)
+    with pytest.raises(ValueError):
+        run(engine, EngineTags(delivery=refused), {"prompt_token_ids": [1] * 5}, params("FINAL_ONLY"))
+    assert (refused.total, refused.unknown) == (0, False)
+
+
+async def _drain(stream: AsyncIterator[Any]) -> None:
+    async for _ in stream:
+        pass
