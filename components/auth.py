@@ -1,5 +1,7 @@
 """Authentication: the presented key against the current policy (components/keys.py);
-disabled, expired and unknown keys get 401, non-admin keys 403 on the admin routes."""
+disabled, expired and unknown keys get 401, non-admin keys 403 on the admin routes, and
+every request that needs a key 503 while no valid policy was ever loaded. Only a policy in
+mode `off` (the deployment configured no key) lets requests through without one."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from components.context import request_context
-from components.errors import AuthenticationFailed, PermissionDenied
+from components.errors import AuthenticationFailed, PermissionDenied, Unavailable
 from components.keys_file import PolicySource
 from components.responses import send_error
 from components.tracing import span
@@ -54,6 +56,14 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = request_context(scope)
+        if policy.mode == "unavailable" and scope["path"] not in self.public:
+            # 503, not 401: the key may well be right, the server cannot tell (SDKs retry a
+            # 503; a 401 would send a client with a good key off to rotate it).
+            ctx.error_type = "auth_policy_unavailable"
+            self.on_refused("policy_unavailable")
+            await send_error(send, Unavailable("No valid API key policy is loaded on this server; requests that need "
+                                               "a key are refused until it is fixed.", code="auth_policy_unavailable"))
+            return
         with span(ctx, "auth"):
             presented = presented_key(scope)
             found = policy.identify(presented) if presented else None

@@ -1,5 +1,9 @@
 """Probes: the rich `GET /healthz` document, and JSON reasons on BentoML's /readyz and /livez.
 
+`/healthz` is public: it carries no tenant data (no keys file path, key count, key id or
+reload error), only the keys policy's coarse status; the admin view (/debug/runtime) has
+the details.
+
 BentoML registers /healthz, /livez and /readyz ahead of any mounted app; this middleware
 sits in front of BentoML's app, so it can answer /healthz itself and give the other two
 (still decided by the service's __is_ready__/__is_alive__ hooks) a JSON body.
@@ -35,7 +39,7 @@ class Snapshot:
     engine_unfinished_requests: int | None = None
     device: dict[str, Any] = field(default_factory=dict)
     warmup_cache: dict[str, Any] | None = None
-    keys_policy: dict[str, Any] | None = None  # version, load time, source, last reload error
+    keys_policy: str | None = None  # ok, stale, refusing, off (keys_file.PolicySource.status)
 
 
 def readiness(s: Snapshot) -> tuple[bool, str]:
@@ -56,7 +60,7 @@ def health_document(s: Snapshot, timestamp: str) -> dict[str, Any]:
         status = "dead"
     elif not s.loaded:
         status = "starting"
-    elif s.draining or s.breaker != "closed":
+    elif s.draining or s.breaker != "closed" or s.keys_policy == "refusing":
         status = "degraded"
     else:
         status = "healthy"

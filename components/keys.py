@@ -4,6 +4,11 @@ A `Policy` is immutable: the keys it knows (as SHA-256 digests, compared in cons
 and each key's `KeyPolicy`. It comes from the simple mode (API_KEYS, ADMIN_API_KEYS,
 API_KEY_LIMITS) or from the keys file (components/keys_file.py), which is watched and
 swapped in whole, so a request sees one policy from start to end.
+
+Fail closed by construction: a policy's `mode` is `keys` unless made otherwise, so an empty
+policy lets no one in; `off` (no authentication) comes only from the simple mode with no key
+configured at all, and `unavailable` (no valid policy was ever loaded) refuses every request
+that needs a key with 503. A policy never holds two entries for one digest or one id.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 # vLLM's priority scheduling runs lower values first. A request may only lower its own
 # priority (raise the number), never go above its key's class.
@@ -42,6 +48,14 @@ class KeyPolicy:
     expires_at: float | None = None
     disabled: bool = False
     admin: bool = False
+    # Keys of one group may share the engine's prefix cache; None: the key alone.
+    cache_group: str | None = None
+
+    @property
+    def cache_scope(self) -> str:
+        """Whose prefix cache this key reads: its group's, else its own (the prefixes keep a
+        group named like a key's id apart from that key)."""
+        return f"group:{self.cache_group}" if self.cache_group is not None else f"key:{self.id}"
 
     def refusal(self, now: float) -> str | None:
         """Why this key may not be used now, or None."""
@@ -61,10 +75,33 @@ class Policy:
     version: str = "none"
     loaded_at: float = field(default_factory=time.time)
     source: str = "env"
+    mode: Literal["keys", "off", "unavailable"] = "keys"
+
+    def __post_init__(self) -> None:
+        # Two entries for one key would let one silently win (a `disabled` twin above the
+        # original did not disable it): refused, however the policy was built.
+        ids: set[str] = set()
+        owners: dict[bytes, str] = {}
+        for secret, policy in self.digests:
+            if policy.id in ids:
+                raise ValueError(f"key id {policy.id!r} appears twice")
+            if secret in owners:
+                raise ValueError(f"keys {owners[secret]!r} and {policy.id!r} are one key (the same secret): "
+                                 "two entries for one key are refused")
+            ids.add(policy.id)
+            owners[secret] = policy.id
+        if self.mode != "keys" and self.digests:
+            raise ValueError(f"a policy in mode {self.mode!r} holds no keys")
+
+    @classmethod
+    def unavailable(cls, source: str) -> Policy:
+        """No valid policy was ever loaded: every request that needs a key gets 503."""
+        return cls(source=source, mode="unavailable")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.digests)
+        """Whether requests need a key: always, unless the deployment configured none."""
+        return self.mode != "off"
 
     @property
     def key_ids(self) -> list[str]:
@@ -85,12 +122,15 @@ class Policy:
     @classmethod
     def from_env(cls, keys: tuple[str, ...], admin_keys: tuple[str, ...] = (),
                  limits: dict[str, int] | None = None) -> Policy:
-        """The simple mode. An admin key is an API key too: it authenticates every route."""
+        """The simple mode. An admin key is an API key too: it authenticates every route.
+        No key at all is the only way to `off`; the caller decides whether that is allowed."""
         limits = limits or {}
         every = dict.fromkeys((*keys, *admin_keys))
         entries = tuple(
             (digest(k), KeyPolicy(key_id(k), requests_per_minute=limits.get(k), admin=k in admin_keys))
             for k in every
         )
-        version = hashlib.sha256(b"".join(d for d, _ in entries)).hexdigest()[:12] if entries else "none"
+        if not entries:
+            return cls(source="env", mode="off")
+        version = hashlib.sha256(b"".join(d for d, _ in entries)).hexdigest()[:12]
         return cls(entries, version=version, source="env")

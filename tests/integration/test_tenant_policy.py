@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -72,8 +73,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str, mount: Pa
     # each report the sum of both (as two pods never do).
     started = [start_server(tmp_path_factory.mktemp(f"replica{i}"), env, name=f"replica-{i}") for i in range(2)]
     try:
-        for server in started:  # both load at once
-            server.wait_ready()
+        for server in started:  # both load at once (two engines on a shared host: minutes each)
+            server.wait_ready(timeout=1500)
         yield started
     finally:
         for server in started:
@@ -93,6 +94,14 @@ def complete(server: Server, key: str, max_tokens: int, **extra: object) -> http
 def usage(server: Server, kid: str) -> dict:
     report = httpx.get(f"{server.url}/admin/usage", headers=auth(KEY_ADMIN), timeout=10).json()
     return next(entry for entry in report["keys"] if entry["key_id"] == kid)
+
+
+def answer(server: Server, path: str, key: str | None = None) -> httpx.Response:
+    return httpx.get(f"{server.url}{path}", headers=auth(key) if key else {}, timeout=10)
+
+
+def policy_version(server: Server) -> str:
+    return answer(server, "/admin/usage", KEY_ADMIN).json()["keys_policy"]
 
 
 def prompt_tokens(server: Server) -> int:
@@ -195,8 +204,8 @@ def test_usage_endpoint_is_admin_only_and_per_key_metrics_are_bounded(replicas: 
 
 def reload_errors(server: Server) -> float:
     name = "vllm_keys_reload_errors_total"
-    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
-               if line.startswith((name + " ", name + "{")))
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 def test_keys_reload_without_a_restart_and_without_failing_a_request(replicas: list[Server], mount: Path) -> None:
@@ -220,7 +229,7 @@ def test_keys_reload_without_a_restart_and_without_failing_a_request(replicas: l
         return httpx.get(f"{server.url}/v1/models", headers=auth(key), timeout=10).status_code
 
     assert all(status(s, KEY_OLD) == 200 and status(s, KEY_NEW) == 401 for s in replicas)
-    versions = {httpx.get(f"{s.url}/healthz", timeout=10).json()["keys_policy"]["version"] for s in replicas}
+    versions = {policy_version(s) for s in replicas}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         running = [pool.submit(stream, i) for i in range(8)]
         first_events.wait(60)  # all 8 streams are under way
@@ -232,15 +241,15 @@ def test_keys_reload_without_a_restart_and_without_failing_a_request(replicas: l
         for future in running:
             future.result()
     assert results == ["200 data: [DONE]"] * 8, results
-    new_versions = {httpx.get(f"{s.url}/healthz", timeout=10).json()["keys_policy"]["version"] for s in replicas}
+    new_versions = {policy_version(s) for s in replicas}
     assert len(new_versions) == 1 and new_versions != versions, (versions, new_versions)
 
     errors_before = [reload_errors(s) for s in replicas]
     swap_in(mount, "v3", "keys:\n  - id: [broken\n")
-    assert wait_until(lambda: all(reload_errors(s) == before + 1 for s, before in zip(replicas, errors_before,
-                                                                                        strict=True)), 5)
+    assert wait_until(lambda: all(reload_errors(s) > before for s, before in zip(replicas, errors_before,
+                                                                                   strict=True)), 5)
     for server in replicas:
-        health = httpx.get(f"{server.url}/healthz", timeout=10).json()["keys_policy"]
+        health = answer(server, "/debug/runtime", KEY_ADMIN).json()["keys_policy"]
         assert health["version"] in new_versions and health["last_reload_error"], health
         assert status(server, KEY_NEW) == 200 and status(server, KEY_OLD) == 401
     print(f"\nkeys reload applied on both replicas in {applied_in:.2f} s")
@@ -263,3 +272,74 @@ def test_a_responses_conversation_continues_on_the_other_replica(replicas: list[
                          timeout=30).json()["count"]
     assert follow.usage.input_tokens == counted
     assert second_replica.responses.retrieve(first.id).output_text == first.output_text
+
+
+# --- fail closed (issue #24, rules 4 and 6) ---------------------------------------------
+
+
+def settle_on(replicas: list[Server], mount: Path, version: str, text: str) -> list[float]:
+    """Swap a good file in, wait until both replicas apply it (and count no more reload
+    errors); the reload error counts then."""
+    swap_in(mount, version, text)
+    expected = hashlib.sha256(text.encode()).hexdigest()[:12]
+    assert wait_until(lambda: all(policy_version(s) == expected and answer(s, "/healthz").json()["keys_policy"] == "ok"
+                                  for s in replicas), 10)
+    return [reload_errors(s) for s in replicas]
+
+
+def refused_or_applied(replicas: list[Server], errors_before: list[float], applied: Callable[[Server], bool]) -> None:
+    """Wait until each replica either counted the reload error or applied the file (the bug)."""
+    assert wait_until(lambda: all(reload_errors(s) > before or applied(s)
+                                  for s, before in zip(replicas, errors_before, strict=True)), 10)
+
+
+def test_an_emptied_keys_file_never_turns_authentication_off(replicas: list[Server], mount: Path) -> None:
+    """Seen: after `keys: []` a request with no key got 200, and so did GET /admin/usage."""
+    good = keys_yaml(revoke_old=True)
+    errors_before = settle_on(replicas, mount, "fail-closed-1", good)
+    version = policy_version(replicas[0])
+    swap_in(mount, "emptied", "keys: []\n")
+    refused_or_applied(replicas, errors_before, lambda s: answer(s, "/v1/models").status_code == 200)
+    for server in replicas:
+        for path in ("/v1/models", "/admin/usage", "/debug/runtime"):
+            refused = answer(server, path)
+            assert refused.status_code == 401, (path, refused.text)
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert answer(server, "/v1/models", KEY_NEW).status_code == 200  # the last good policy stays
+        assert policy_version(server) == version
+        assert answer(server, "/healthz").json()["keys_policy"] == "stale"
+        assert "keys file not reloaded" in server.log()
+
+
+def test_a_disabled_twin_of_a_key_refuses_the_whole_file(replicas: list[Server], mount: Path) -> None:
+    """A file with two entries for one digest (a `disabled` twin above the original; the last
+    entry won) is refused as a whole: the key it also drops (KEY_NEW) keeps working."""
+    errors_before = settle_on(replicas, mount, "fail-closed-2", keys_yaml(revoke_old=True))
+    twin = f"  - id: stream-twin\n    sha256: '{sha(KEY_STREAM)}'\n    disabled: true\n"
+    doubled = keys_yaml().replace("keys:\n", "keys:\n" + twin, 1).replace(sha(KEY_OLD), sha("sk-someone-else-77"))
+    swap_in(mount, "twin", doubled)
+    refused_or_applied(replicas, errors_before, lambda s: answer(s, "/v1/models", KEY_NEW).status_code == 401)
+    for server in replicas:
+        assert answer(server, "/v1/models", KEY_NEW).status_code == 200
+        assert answer(server, "/v1/models", KEY_STREAM).status_code == 200
+        assert answer(server, "/healthz").json()["keys_policy"] == "stale"
+    errors_before = settle_on(replicas, mount, "fail-closed-3", keys_yaml(revoke_old=True))
+    assert all(answer(s, "/healthz").json()["keys_policy"] == "ok" for s in replicas)
+
+
+def test_the_public_healthz_carries_no_tenant_data(replicas: list[Server], mount: Path) -> None:
+    """Seen: /healthz (no key) showed the keys file's path, the key count and the last reload
+    error; the admin view keeps them."""
+    settle_on(replicas, mount, "fail-closed-4", keys_yaml(revoke_old=True))
+    swap_in(mount, "broken-again", "keys:\n  - id: tenant-secret-name\n    sha256: [broken\n")
+    server = replicas[0]
+    assert wait_until(lambda: answer(server, "/healthz").json()["keys_policy"] not in ("ok", None), 10)
+    text = answer(server, "/healthz").text
+    document = json.loads(text)
+    assert document["keys_policy"] == "stale", document
+    for secret in (str(mount), "keys.yaml", "tenant-secret-name", "tenant-tpm", "ops", "not valid YAML"):
+        assert secret not in text, secret
+    admin = answer(server, "/debug/runtime", KEY_ADMIN).json()["keys_policy"]
+    assert admin["source"] == str(mount / "keys.yaml") and admin["keys"] == 7 and admin["last_reload_error"]
+    assert admin["status"] == "stale"
+    settle_on(replicas, mount, "fail-closed-5", keys_yaml(revoke_old=True))

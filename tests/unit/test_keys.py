@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.keys import PRIORITY_CLASSES, Policy
+from components.keys import PRIORITY_CLASSES, KeyPolicy, Policy, digest
 from components.keys_file import PolicySource, parse
 
 
@@ -65,8 +65,8 @@ def test_a_keys_file_gives_each_key_its_policy() -> None:
         ("keys:\n  - id: a\n", "exactly one of sha256"),
         ("keys:\n  - id: a\n    insecure_plaintext_key: sk-long-enough\n    colour: red\n", "field colour"),
         ("keys: [\n", "not valid YAML"),
-        ("keys:\n  - id: a\n    insecure_plaintext_key: sk-long-one\n  - id: a\n    insecure_plaintext_key: sk-long-two\n",
-         "appears twice"),
+        ("keys:\n  - id: a\n    insecure_plaintext_key: sk-long-one\n"
+         "  - id: a\n    insecure_plaintext_key: sk-long-two\n", "appears twice"),
         ("keys:\n  - id: a\n    insecure_plaintext_key: sk-long-one\n    expires_at: 2027-01-01T00:00:00\n",
          "time zone"),
     ],
@@ -95,13 +95,17 @@ def test_reload_swaps_on_change_keeps_the_last_good_policy_and_counts_errors(tmp
     first = source.current
     assert source.reload() and source.current is first  # unchanged content: nothing to do
     path.write_text("keys:\n  - id: new\n    insecure_plaintext_key: sk-new-key-1\n")
+    assert source.reload() and source.current is first  # first sight: waits for a second read to agree
     assert source.reload() and source.current.identify("sk-new-key-1") is not None
-    assert source.current.identify("sk-team-a-secret") is None
+    assert source.current.identify("sk-team-a-secret") is None and source.status == "ok"
     good = source.current
     path.write_text("keys: [\n")
-    assert not source.reload() and source.current is good and errors == [1]
-    assert not source.reload() or errors == [1]  # the same broken content is reported once
-    assert errors == [1]
+    assert source.reload() and errors == []
+    assert not source.reload() and source.current is good and errors == [1] and source.status == "stale"
+    # Counted at every poll while it stays refused (the alert holds), logged once.
+    assert not source.reload() and errors == [1, 1]
+    path.write_text("keys:\n  - id: new\n    insecure_plaintext_key: sk-new-key-1\n")
+    assert not source.reload() and source.reload() and source.status == "ok" and errors == [1, 1]
 
 
 def test_reload_follows_a_kubernetes_style_symlink_swap(tmp_path: Path) -> None:
@@ -118,10 +122,128 @@ def test_reload_follows_a_kubernetes_style_symlink_swap(tmp_path: Path) -> None:
     assert source.current.identify("sk-one-key-1") is not None
     (tmp_path / "..data_tmp").symlink_to(second.name)
     os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # the atomic swap
-    assert source.reload()
+    assert source.reload() and source.reload()
     assert source.current.identify("sk-two-key-2") is not None and source.current.identify("sk-one-key-1") is None
 
 
 def test_an_unreadable_keys_file_stops_startup_with_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read it"):
         PolicySource.from_file(str(tmp_path / "missing.yaml"))
+
+
+# --- fail closed (issue #24, rule 4) --------------------------------------------------
+
+EMPTIED = ["", "\n", "keys: []\n", "keys:\n", "keys: null\n", "{}\n", "---\n"]
+
+
+@pytest.mark.parametrize("text", EMPTIED)
+def test_an_empty_keys_file_is_refused_and_never_turns_auth_off(tmp_path: Path, text: str) -> None:
+    """Seen: `keys: []` was applied as an empty policy, and an empty policy was "keys off"."""
+    with pytest.raises(ValueError, match="keys.yaml") as info:
+        parse(text, "keys.yaml")
+    assert "\n" not in str(info.value)
+    path = tmp_path / "keys.yaml"
+    path.write_text(GOOD)
+    source = PolicySource.from_file(str(path))
+    good = source.current
+    path.write_text(text)
+    source.reload()
+    assert not source.reload() and source.current is good and source.current.enabled
+    assert source.status == "stale" and source.current.identify("sk-team-a-secret") is not None
+
+
+@pytest.mark.parametrize("twin", [
+    f"sha256: '{sha('sk-team-a-secret')}'",
+    f"sha256: '{sha('sk-team-a-secret').upper()}'",
+    "insecure_plaintext_key: sk-team-a-secret",
+])
+def test_two_entries_for_one_key_refuse_the_whole_file(tmp_path: Path, twin: str) -> None:
+    """Seen: a `disabled` twin placed above the original was accepted and the original (the
+    last entry) won, so the key stayed enabled."""
+    doubled = f"keys:\n  - id: twin\n    {twin}\n    disabled: true\n" + GOOD.split("keys:\n", 1)[1]
+    with pytest.raises(ValueError) as info:
+        parse(doubled, "keys.yaml")
+    message = str(info.value)
+    assert "'twin' and 'team-a' are one key" in message and "sk-team-a" not in message and "\n" not in message
+    path = tmp_path / "keys.yaml"
+    path.write_text(GOOD.replace("id: dev", "id: dev-before"))
+    source = PolicySource.from_file(str(path))
+    good = source.current
+    path.write_text(doubled)
+    source.reload()
+    assert not source.reload() and source.current is good and "one key" in (source.last_error or "")
+
+
+def test_a_policy_holds_one_entry_per_key_and_per_id_however_built() -> None:
+    one = KeyPolicy("a")
+    with pytest.raises(ValueError, match="one key"):
+        Policy(((digest("k1"), one), (digest("k1"), KeyPolicy("b"))))
+    with pytest.raises(ValueError, match="appears twice"):
+        Policy(((digest("k1"), one), (digest("k2"), KeyPolicy("a"))))
+    with pytest.raises(ValueError, match="holds no keys"):
+        Policy(((digest("k1"), one),), mode="off")
+    assert Policy().enabled and Policy().identify("k1") is None  # an empty policy lets no one in
+    assert not Policy.from_env(()).enabled and Policy.unavailable("x").enabled
+    with pytest.raises(ValueError, match="never turns authentication off"):
+        PolicySource(Policy.from_env(()), "keys.yaml")
+
+
+def test_no_valid_policy_at_start_refuses_until_the_file_is_fixed(tmp_path: Path) -> None:
+    errors: list[int] = []
+    path = tmp_path / "keys.yaml"
+    source = PolicySource.watch(str(path), on_reload_error=lambda: errors.append(1))
+    assert source.status == "refusing" and source.current.mode == "unavailable" and source.current.enabled
+    assert errors == [1] and "cannot read it" in (source.last_error or "")
+    path.write_text("keys: []\n")
+    source.reload()
+    assert not source.reload() and source.status == "refusing"
+    path.write_text(GOOD)
+    source.reload()
+    assert source.reload() and source.status == "ok" and source.current.identify("sk-dev-plain") is not None
+    path.unlink()  # unreadable later: the last good policy stays
+    source.reload()
+    assert not source.reload() and source.status == "stale" and source.current.identify("sk-dev-plain")
+
+
+def test_garbage_bytes_are_refused_and_the_watcher_lives_on(tmp_path: Path) -> None:
+    """Seen: bytes that are not UTF-8 raised out of reload(), which ended the watch task."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(GOOD)
+    source = PolicySource.from_file(str(path))
+    good = source.current
+    path.write_bytes(b"keys:\n  - id: \xff\xfe\n")
+    source.reload()
+    assert not source.reload() and source.current is good and "not UTF-8" in (source.last_error or "")
+    path.write_bytes(b"[" * 5000)
+    source.reload()
+    assert not source.reload() and source.current is good
+
+
+def test_a_half_written_file_in_place_is_never_applied(tmp_path: Path) -> None:
+    """Read at one poll mid-write, even a prefix that validates (it drops the last entry's
+    `disabled: true` here) is not applied: new content waits for a second read to agree."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(GOOD)
+    source = PolicySource.from_file(str(path))
+    good = source.current
+    half = GOOD[: GOOD.index("    disabled: true")]
+    assert parse(half, "k").identify("sk-off-secret").refusal(0) is None  # type: ignore[union-attr]
+    path.write_text(half)
+    source.reload()
+    assert source.current is good
+    path.write_text(GOOD.replace("Team A", "Team A2"))
+    source.reload()
+    source.reload()
+    paused = source.current.identify("sk-off-secret")
+    assert paused is not None and paused.disabled and source.current is not good
+
+
+def test_cache_group_is_an_optional_short_token() -> None:
+    policy = parse("keys:\n  - id: a\n    insecure_plaintext_key: sk-one-key-1\n    cache_group: tenant-1\n"
+                   "  - id: b\n    insecure_plaintext_key: sk-two-key-2\n", "k")
+    a, b = policy.identify("sk-one-key-1"), policy.identify("sk-two-key-2")
+    assert a is not None and a.cache_group == "tenant-1" and a.cache_scope == "group:tenant-1"
+    assert b is not None and b.cache_group is None and b.cache_scope == "key:b"
+    for bad in ("''", "'two words'", "'" + "x" * 65 + "'", "12", "[a]"):
+        with pytest.raises(ValueError, match="field cache_group"):
+            parse(f"keys:\n  - id: a\n    insecure_plaintext_key: sk-one-key-1\n    cache_group: {bad}\n", "k")
