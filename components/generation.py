@@ -66,13 +66,11 @@ def charge(delivery: Delivery, reserved: int) -> int:
 
 
 def cache_salt(policy: Any) -> str | None:
-    """The prefix-cache partition of a key's requests: its `cache_group` (keys of one tenant
-    sharing a cache, keys file) or its own id. A prefix cached for one partition is never a
-    hit for another, so neither `cached_tokens` nor the time to first token tells a key what
-    another sent. Keys off: one partition (one tenant)."""
-    if policy is None:
-        return None
-    return f"tenant:{getattr(policy, 'cache_group', None) or policy.id}"
+    """The prefix-cache partition of a key's requests (`KeyPolicy.cache_scope`: its
+    `cache_group`, or the key itself). A prefix cached in one partition is never a hit in
+    another, so neither `cached_tokens` nor the time to first token tells a key what another
+    sent. Keys off: one partition (one tenant)."""
+    return None if policy is None else f"tenant:{policy.cache_scope}"
 
 
 class GenerationResponse(Response):
