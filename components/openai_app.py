@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -22,6 +23,7 @@ from components.errors import (
     render_json,
 )
 from components.generation import OPENAI, Call, Dialect, GenerationResponse
+from components.grammar_guard import GrammarGuard, grammar_specs
 from components.ledger import Ledger, token_limits
 from components.lifecycle import Gate
 from components.request_fields import declared
@@ -80,8 +82,21 @@ def build_openai_app(
     usage_report: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     store: Store,
 ) -> FastAPI:
+    grammars = GrammarGuard(limits.grammar_timeout_s)
+
+    async def check_grammars(request: Request) -> None:
+        # A dependency of every route: FastAPI solves it before it validates the body into
+        # vLLM's model, whose validators already build structural-tag grammars on the loop.
+        if request.method == "POST" and (body := await request.body()):
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                return  # FastAPI refuses it, in our error shape
+            await grammars.check(grammar_specs(parsed))
+
     # No 307 to the slashed or unslashed route: its Location would echo the Host header.
-    app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None, redirect_slashes=False)
+    app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None, redirect_slashes=False,
+                  dependencies=[Depends(check_grammars)])
     served = bridge.served_name
     created = int(time.time())
 

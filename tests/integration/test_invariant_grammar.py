@@ -1,0 +1,108 @@
+"""Invariant: a request's structured-output grammar never holds the event loop. Its
+grammar is built off the loop under GRAMMAR_TIMEOUT_SECONDS; past it the request gets a
+400 naming the field, and /livez keeps answering meanwhile (issue #24, rule 7)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from components.settings import ApiSettings
+from harness.server import Server
+
+# A JSON-schema `pattern` whose grammar xgrammar (vLLM's default backend) builds in time
+# quadratic in the count: `.{3000}` 6.5 s, `.{5000}` 9 s on an idle 2-core host, so this
+# one takes many times the limit anywhere (above ~9,500 xgrammar stops expanding: instant).
+PATHOLOGICAL = ".{8000}"
+LIMIT_S = float(ApiSettings.model_fields["grammar_timeout_s"].default)
+
+
+def schema(pattern: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}, "required": ["x"]}
+
+
+# (route, body, the field the error names): every route that carries a grammar.
+ROUTES = [
+    ("/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+      "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema(PATHOLOGICAL)}}},
+     "response_format"),
+    ("/v1/completions",
+     {"prompt": "hi", "max_tokens": 4, "structured_outputs": {"json": schema(PATHOLOGICAL)}},
+     "structured_outputs"),
+    ("/v1/responses",
+     {"input": "hi", "max_output_tokens": 16,
+      "text": {"format": {"type": "json_schema", "name": "x", "schema": schema(PATHOLOGICAL)}}},
+     "text.format"),
+    ("/v1/messages",
+     {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+      "output_config": {"format": {"type": "json_schema", "schema": schema(PATHOLOGICAL)}}},
+     "output_config"),
+]
+
+
+class Prober:
+    """Probes /livez back to back on its own connection, recording each probe's span."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.spans: list[tuple[float, float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=600) as client:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                status = client.get("/livez").status_code
+                self.spans.append((start, time.monotonic(), status))
+                time.sleep(0.02)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(600)
+
+
+@pytest.mark.parametrize(("path", "body", "param"), ROUTES, ids=[route[0] for route in ROUTES])
+def test_pathological_grammar_is_a_400_after_the_limit_and_livez_keeps_answering(
+    server: Server, http: httpx.Client, served_model: str, path: str, body: dict[str, Any], param: str
+) -> None:
+    with Prober(server.url) as prober:
+        time.sleep(0.2)  # the prober's connection is open before the request starts
+        sent = time.monotonic()
+        response = http.post(path, json={"model": served_model, **body}, timeout=600)
+        answered = time.monotonic()
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    if path == "/v1/messages":  # Anthropic's shape: {"type": "error", "error": {"type", "message"}}
+        assert error["type"] == "invalid_request_error", error
+        assert param in error["message"], error
+    else:
+        assert (error["code"], error["param"]) == ("grammar_too_complex", param), error
+    # The server gave the grammar its whole limit before refusing it.
+    assert answered - sent >= LIMIT_S
+    # Probes that started and ended while the grammar was being built: the loop was free.
+    # Several of them, each a small part of the limit (a blocked loop answers none until
+    # the grammar is done, then one, as long as the whole build).
+    during = [(start, end, status) for start, end, status in prober.spans if sent <= start and end <= answered]
+    assert len(during) >= 3, prober.spans
+    assert all(status == 200 for _, _, status in during), during
+    assert max(end - start for start, end, _ in during) < LIMIT_S / 4, during
+
+
+def test_an_ordinary_pattern_still_constrains_the_output(
+    http: httpx.Client, served_model: str
+) -> None:
+    response = http.post("/v1/chat/completions", json={
+        "model": served_model, "messages": [{"role": "user", "content": "Say a word."}], "max_tokens": 24,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema("^[a-z]{1,8}$")}},
+    })
+    assert response.status_code == 200, response.text

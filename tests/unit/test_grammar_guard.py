@@ -1,0 +1,95 @@
+"""components/grammar_guard.py: every grammar field of every route is found, and a build
+past the limit is stopped (its worker process killed) and refused with the field named."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from components.errors import InvalidRequest, Overloaded
+from components.grammar_guard import GrammarGuard, Spec, grammar_specs
+
+# The integration test's pattern: tens of seconds for xgrammar (tests/integration/test_invariant_grammar.py).
+PATHOLOGICAL = json.dumps({"type": "string", "pattern": ".{8000}"})
+
+# Where each route carries a JSON schema, and the field an error names.
+PLACES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = [
+    ("response_format",
+     lambda s: {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": s}}}),
+    ("structured_outputs", lambda s: {"structured_outputs": {"json": s}}),
+    ("structured_outputs", lambda s: {"structured_outputs": {"json": json.dumps(s)}}),
+    ("text.format", lambda s: {"text": {"format": {"type": "json_schema", "name": "x", "schema": s}}}),
+    ("output_config", lambda s: {"output_config": {"format": {"type": "json_schema", "schema": s}}}),
+    ("tools", lambda s: {"tools": [{"type": "function", "function": {"name": "f", "parameters": s}}]}),
+    ("tools", lambda s: {"tools": [{"type": "function", "name": "f", "parameters": s}]}),
+    ("tools", lambda s: {"tools": [{"name": "f", "input_schema": s}]}),
+    ("response_format", lambda s: {"response_format": {"type": "structural_tag", "format": {
+        "type": "triggered_tags", "triggers": ["<f>"], "tags": [
+            {"begin": "<f>", "content": {"type": "json_schema", "json_schema": s}, "end": "</f>"}]}}}),
+    ("response_format", lambda s: {"response_format": {"type": "structural_tag", "triggers": ["<f>"],
+                                                       "structures": [{"begin": "<f>", "schema": s, "end": "</f>"}]}}),
+    ("structured_outputs", lambda s: {"structured_outputs": {"structural_tag": json.dumps(
+        {"type": "structural_tag", "format": {"type": "json_schema", "json_schema": s}})}}),
+]
+
+schemas = st.fixed_dictionaries({"type": st.just("string"), "pattern": st.text(min_size=1, max_size=30)})
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(place=st.sampled_from(PLACES), schema=schemas)
+def test_every_schema_field_of_every_route_is_found(place: tuple[str, Callable[..., dict[str, Any]]],
+                                                    schema: dict[str, Any]) -> None:
+    param, build = place
+    specs = grammar_specs({"model": "m", "messages": [], **build(schema)})
+    assert [(spec.param, spec.kind, json.loads(spec.source)) for spec in specs] == [(param, "json", schema)]
+
+
+@pytest.mark.parametrize("kind", ["regex", "grammar"])
+def test_regexes_and_grammars_are_found(kind: str) -> None:
+    assert grammar_specs({"structured_outputs": {kind: "a+"}}) == [Spec("structured_outputs", kind, "a+")]
+    tag = {"type": "structural_tag", "format": {"type": kind, "pattern" if kind == "regex" else kind: "a+"}}
+    assert grammar_specs({"response_format": tag}) == [Spec("response_format", kind, "a+")]
+
+
+@pytest.mark.parametrize("body", [None, [], "x", {"messages": []}, {"response_format": {"type": "json_object"}},
+                                  {"response_format": "json"}, {"tools": ["f"]},
+                                  {"structured_outputs": {"choice": ["a"]}},
+                                  {"structured_outputs": {"structural_tag": "{not json"}}])
+def test_bodies_without_a_grammar_to_build_cost_nothing(body: Any) -> None:
+    assert grammar_specs(body) == []
+
+
+def test_a_build_past_the_limit_is_killed_and_refused_naming_its_field() -> None:
+    async def scenario() -> None:
+        guard = GrammarGuard(timeout_s=1.0, workers=1)
+        await guard.check([Spec("tools", "json", "{}")])  # starts the worker, outside any deadline
+        (worker,) = guard._idle
+        with pytest.raises(InvalidRequest) as refused:
+            await guard.check([Spec("tools", "json", "{}"), Spec("response_format", "json", PATHOLOGICAL)])
+        assert (refused.value.status, refused.value.code, refused.value.param) == (400, "grammar_too_complex",
+                                                                                   "response_format")
+        assert worker.process.returncode is not None  # killed, not left building
+        # A broken schema is vLLM's to refuse; a good one passes, on a fresh worker.
+        await guard.check([Spec("structured_outputs", "json", "{not json"), Spec("tools", "regex", "[a-z]+")])
+        assert guard._idle and guard._idle[0] is not worker
+        await guard.close()
+
+    asyncio.run(scenario())
+
+
+def test_no_free_worker_within_the_limit_is_a_503() -> None:
+    async def scenario() -> None:
+        guard = GrammarGuard(timeout_s=0.5, workers=1)
+        await guard._slots.acquire()  # the one worker is busy with another request's build
+        with pytest.raises(Overloaded) as busy:
+            await guard.check([Spec("tools", "json", "{}")])
+        assert busy.value.status == 503 and busy.value.headers["retry-after"] == "1"
+        await guard.check([])  # nothing to build: no wait at all
+
+    asyncio.run(scenario())
