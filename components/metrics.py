@@ -4,9 +4,17 @@ BentoML runs its workers with PROMETHEUS_MULTIPROC_DIR set and its /metrics aggr
 prometheus_client metric written in them, next to its own and vLLM's `vllm:*` metrics. So the
 objects here are created with `registry=None` (the multiprocess files are what counts), and
 every gauge names how processes combine.
+
+Nothing unauthenticated sees tenant data: the per-key series name keys by their ids only
+where /metrics needs a key (PROTECT_METRICS=true; Prometheus scrapes with a bearer token).
+On a public /metrics every key's traffic counts under `key_id="hidden"`: the totals stay,
+the tenants do not show. Decided where the series are written, so no scrape, route or
+reader can see what was never recorded.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -22,6 +30,24 @@ ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", 
                        "/detokenize", "/admin/usage", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"})
 
 
+# The key id on a public /metrics.
+HIDDEN_KEY = "hidden"
+
+
+class KeyLabelled:
+    """A counter whose first label is a key id, shown only where `show` (else HIDDEN_KEY)."""
+
+    def __init__(self, counter: Counter, show: bool) -> None:
+        self.metric = counter
+        self.show = show
+
+    def labels(self, key_id: str, *rest: str) -> Counter:
+        return self.metric.labels(key_id if self.show else HIDDEN_KEY, *rest)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.metric, name)  # otherwise the counter itself (name, collect ...)
+
+
 def endpoint_label(path: str) -> str:
     if path in ENDPOINTS:
         return path
@@ -33,7 +59,8 @@ def endpoint_label(path: str) -> str:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, key_ids: bool = False) -> None:
+        """`key_ids`: /metrics needs a key (PROTECT_METRICS), so the per-key series may name keys."""
         self.requests = Counter(
             "vllm_request_total", "Requests answered, by HTTP status, endpoint and model.",
             ["status", "endpoint", "model"], registry=None,
@@ -88,15 +115,15 @@ class Metrics:
             "vllm_rate_limit_storage_errors_total", "Failed calls to the rate-limit storage.", registry=None,
         )
         # Per key: label values are the keys' ids (bounded by the keys configured) or
-        # "anonymous" (no key, or keys off).
-        self.key_requests = Counter(
-            "vllm_key_requests_total", "Requests by API key id and status class (2xx, 4xx, 5xx).",
-            ["key_id", "status_class"], registry=None,
-        )
-        self.key_tokens = Counter(
-            "vllm_key_tokens_total", "Tokens the engine reported, by API key id and kind (prompt, completion).",
-            ["key_id", "kind"], registry=None,
-        )
+        # "anonymous" (no key, or keys off); all "hidden" unless /metrics needs a key.
+        self.key_requests = KeyLabelled(Counter(
+            "vllm_key_requests_total", "Requests by API key id (\"hidden\" while /metrics is public) and "
+            "status class (2xx, 4xx, 5xx).", ["key_id", "status_class"], registry=None,
+        ), key_ids)
+        self.key_tokens = KeyLabelled(Counter(
+            "vllm_key_tokens_total", "Tokens the engine reported, by API key id (\"hidden\" while /metrics is "
+            "public) and kind (prompt, completion).", ["key_id", "kind"], registry=None,
+        ), key_ids)
         self.keys_reload_errors = Counter(
             "vllm_keys_reload_errors_total", "Keys file reloads that failed (the last good policy stayed).",
             registry=None,

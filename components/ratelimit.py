@@ -6,9 +6,10 @@ Tokens are reserved and settled by the generation path (components/ledger.py); h
 only give the x-ratelimit-*-tokens headers and refuse a key whose window is already full.
 
 While a shared storage (Redis) is unreachable or slow, each replica limits alone, to its
-share of each limit (limit / RATE_LIMIT_REPLICAS): an outage makes a limit less exact, not
-absent. The local windows count every request this replica admitted, through the storage
-or alone, so a replica that already used its share before the outage gets nothing more.
+share of each limit among the replicas it last saw alive (components/replicas.py: the
+shares add up to the limit): an outage makes a limit less exact, not absent. The local
+windows count every request this replica admitted, through the storage or alone, so a
+replica that already used its share before the outage gets nothing more.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from components.auth import public_paths
 from components.context import request_context
 from components.errors import RateLimited, ServiceError, TokensLimited, Unavailable
 from components.ledger import Ledger, ledger_for, token_limits
+from components.replicas import Replicas, replicas_for
 from components.responses import send_error
 from components.settings import LimitSettings
 from components.tracing import span
@@ -94,6 +96,7 @@ class RateLimiter:
         on_storage_error: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         ledger: Ledger | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         uri = "async+" + settings.storage_uri
         options: dict[str, float | str | bool] = {"wrap_exceptions": True}
@@ -105,9 +108,10 @@ class RateLimiter:
             )
         self.storage = storage_from_string(uri, **options)
         self._requests = MovingWindowRateLimiter(self.storage)
-        # This replica's own windows: what it admitted, the limit while the storage is down.
+        # This replica's own windows: what it admitted, its share while the storage is down.
         self._local = MovingWindowRateLimiter(storage_from_string("async+memory://"))
-        self.replicas = settings.replicas
+        self._alone_lock = asyncio.Lock()
+        self.replicas = replicas or replicas_for(settings)
         self._retry_at = 0.0  # monotonic; storage calls are skipped until then
         self._failures = 0
         self.window_s = max(1, round(settings.window_minutes * 60))
@@ -129,9 +133,6 @@ class RateLimiter:
     def _item(self, limit: int, seconds: int) -> RateLimitItem:
         return RateLimitItemPerSecond(limit, seconds)
 
-    def _share(self, limit: int) -> RateLimitItem:
-        return self._item(max(1, limit // self.replicas), self.window_s)
-
     async def _guard(self, operation):  # type: ignore[no-untyped-def]
         """Storage calls never hang and never surface as a 500: a failure raises _StorageDown
         (counted; logged once per outage), and the storage rests for STORAGE_RETRY_S."""
@@ -151,8 +152,8 @@ class RateLimiter:
             self._retry_at = time.monotonic() + STORAGE_RETRY_S
             if not self._failures:
                 logger.error("rate-limit storage (%s) unavailable: %s; %s", self.backend, type(exc).__name__,
-                             f"limiting to this replica's share (1/{self.replicas})" if self.fail_open
-                             else "refusing requests")
+                             f"limiting to this replica's share ({self.replicas.view.count} replicas)"
+                             if self.fail_open else "refusing requests")
             self._failures += 1
             raise _StorageDown from None
         if self._failures:
@@ -169,20 +170,30 @@ class RateLimiter:
             if not self.fail_open:
                 raise Unavailable("Rate limiting is unavailable; retry later.", code="rate_limiter_unavailable",
                                   headers={"retry-after": "1"}) from None
-            share = self._share(limit)
-            allowed = await self._local.hit(share, kind, identity)
-            stats = await self._local.get_window_stats(share, kind, identity)
-            reset = max(0.0, stats.reset_time - time.time())
-            return allowed, Window("requests", share.amount, stats.remaining, reset)
+            return await self._alone(kind, limit, identity)
         if allowed and self.backend != "memory":
             # Recorded here too: once the storage fails, this replica's share is what is left.
-            await self._local.hit(self._share(limit), kind, identity)
+            await self._local.hit(item, kind, identity)
         reset = max(0.0, stats.reset_time - self._clock())
         return bool(allowed), Window("requests", limit, stats.remaining, reset)
+
+    async def _alone(self, kind: str, limit: int, identity: str) -> tuple[bool, Window]:
+        """This replica's share of `limit`, less what it admitted in the window (through the
+        storage or alone). The local windows are keyed by the whole limit, so a share that
+        changes with the replica count keeps the window's history."""
+        share = self.replicas.share(limit, f"{kind}:{identity}")
+        item = self._item(limit, self.window_s)
+        async with self._alone_lock:  # read and count as one step: the memory storage may yield
+            stats = await self._local.get_window_stats(item, kind, identity)
+            used = limit - stats.remaining
+            allowed = used < share and await self._local.hit(item, kind, identity)
+        reset = max(0.0, stats.reset_time - time.time())
+        return allowed, Window("requests", share, share - used - int(allowed), reset)
 
     async def admit(self, identity: str, policy: Any = None, tenant: str | None = None) -> list[Window]:
         """Count one request; raise RateLimited (with headers) when over a limit. Tokens are
         counted per `tenant` (the key's id; "anonymous" without keys), as the ledger charges."""
+        self.replicas.start()  # announced from the first request on, in the serving loop
         windows: list[Window] = []
         limit = self.limit_for(policy)
         if limit > 0:
@@ -208,6 +219,7 @@ class RateLimiter:
         return windows
 
     async def close(self) -> None:
+        await self.replicas.stop()
         # Only the redis-py storage holds a connection pool worth closing.
         pool = getattr(getattr(self.storage, "bridge", None), "storage", None)
         close = getattr(pool, "aclose", None)

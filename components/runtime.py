@@ -44,7 +44,7 @@ class Runtime:
         the model loads."""
         self.settings = settings
         res = settings.resilience
-        self.metrics = Metrics()
+        self.metrics = Metrics(key_ids=settings.auth.protect_metrics)
         self.keys = policy_source(settings, self.metrics.keys_reload_errors.inc)
         self.ledger = ledger_for(settings.limits, self.metrics.limiter_errors.inc)
         self.store = store_for(settings.limits, settings.api)
@@ -99,9 +99,7 @@ class Runtime:
         from components.vllm_bridge import OpenAIBridge
 
         settings = self.settings
-        if not self.keys.current.enabled:
-            logger.warning("API_KEYS is empty: authentication is DISABLED, anyone who reaches the port can use the API")
-        self.keys.start()
+        self.keys.start()  # warns when authentication is off
         gpus = await asyncio.to_thread(host.gpu_count)  # imports torch: seconds
         self.spec = spec = engine_spec.resolve_spec(
             settings.engine, gpus, settings.resilience.graceful_shutdown_timeout, settings.server.otlp_traces_endpoint)
@@ -153,7 +151,7 @@ class Runtime:
             engine_unfinished_requests=self.engine and engine_mod.unfinished_requests(self.engine, self._missing),
             device=self.gpu.summary(),
             warmup_cache=self.compile_cache.status() if self.compile_cache else None,
-            keys_policy=self.keys.describe(),
+            keys_policy=self.keys.status,
         )
 
     def healthz(self) -> dict[str, Any]:
@@ -179,6 +177,7 @@ class Runtime:
             "device": {"gpus": [sample.__dict__ for sample in self.gpu.latest], "nvml": self.gpu.available},
             "warmup_cache": self.compile_cache.status() if self.compile_cache else None,
             "breaker": self.breaker.state.name.lower(),
+            "keys_policy": self.keys.describe(),
         }
 
     def _engine_dead(self) -> bool:

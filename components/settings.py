@@ -92,6 +92,11 @@ class ApiSettings(_Group):
     # Stored responses (previous_response_id): in Redis with the rate limits, else in memory.
     responses_ttl_s: int = Field(86_400, alias="RESPONSES_STORE_TTL_SECONDS", ge=1)
     responses_max_bytes: int = Field(67_108_864, alias="RESPONSES_STORE_MAX_BYTES", ge=1024)
+    # Per API key (unset: an eighth of the store, and one record per KiB of that).
+    responses_key_max_bytes: int | None = Field(None, alias="RESPONSES_STORE_KEY_MAX_BYTES", ge=1024)
+    responses_key_max_records: int | None = Field(None, alias="RESPONSES_STORE_KEY_MAX_RECORDS", ge=1)
+    # A structured-output grammar is built off the event loop within this, or refused (400).
+    grammar_timeout_s: float = Field(2.0, alias="GRAMMAR_TIMEOUT_SECONDS", gt=0, le=60)
 
     @field_validator("model_aliases", mode="before")
     @classmethod
@@ -136,9 +141,12 @@ class LimitSettings(_Group):
     global_rate_limit: int = Field(0, alias="GLOBAL_RATE_LIMIT", ge=0)
     tokens_per_minute: int = Field(0, alias="TOKENS_PER_MINUTE_LIMIT", ge=0)
     storage_uri: str = Field("memory://", alias="RATE_LIMIT_STORAGE_URI", repr=False)
+    # Stored responses (components/response_store.py); unset: storage_uri.
+    responses_store_uri: str | None = Field(None, alias="RESPONSES_STORE_URI", repr=False)
     fail_open: bool = Field(True, alias="RATE_LIMIT_FAIL_OPEN")
-    # Replicas sharing the storage: while it is down, each limits alone to limit / replicas.
-    replicas: int = Field(1, alias="RATE_LIMIT_REPLICAS", ge=1, le=1000)
+    # The least replica count assumed; the live count comes by heartbeat (components/replicas.py).
+    replicas: int | None = Field(None, alias="RATE_LIMIT_REPLICAS", ge=1, le=1000)
+    heartbeat_s: float = Field(5.0, alias="RATE_LIMIT_HEARTBEAT_SECONDS", gt=0, le=60)
     # Generous: under CPU load an event loop lags, and a call cut short loses exactness.
     storage_timeout_s: float = Field(2.0, alias="RATE_LIMIT_STORAGE_TIMEOUT", gt=0, le=30)
     max_queue_size: int = Field(50, alias="MAX_QUEUE_SIZE", ge=0)
@@ -178,10 +186,10 @@ class LimitSettings(_Group):
             raise ValueError("CORS_ORIGINS is either '*' alone or a list of origins, not both")
         return origins
 
-    @field_validator("storage_uri")
+    @field_validator("storage_uri", "responses_store_uri")
     @classmethod
-    def _scheme(cls, value: str) -> str:
-        if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
             raise ValueError("expected memory:// or redis://host:port[/db]")
         return value
 

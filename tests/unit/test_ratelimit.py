@@ -7,7 +7,8 @@ import pytest
 from components.errors import RateLimited
 from components.keys import Policy
 from components.ledger import TokenLimits
-from components.ratelimit import RateLimiter, openai_duration
+from components.ratelimit import RateLimiter, Window, openai_duration
+from components.replicas import RedisReplicas, Replicas
 from components.settings import LimitSettings
 
 
@@ -82,3 +83,60 @@ def test_tokens_are_charged_and_exhaustion_refuses() -> None:
         assert info.value.type == "tokens"
 
     asyncio.run(scenario())
+
+
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: every call fails at once
+
+
+def outage_limiter(replicas: Replicas | None = None, **env: str) -> RateLimiter:
+    settings = rl_settings(RATE_LIMIT_STORAGE_URI=DEAD_REDIS, RATE_LIMIT_STORAGE_TIMEOUT="0.2", **env)
+    return RateLimiter(settings, replicas=replicas)
+
+
+async def admitted(rl: RateLimiter, identity: str, tries: int) -> int:
+    count = 0
+    for _ in range(tries):
+        try:
+            await rl.admit(identity)
+            count += 1
+        except RateLimited:
+            pass
+    return count
+
+
+def seen(count: int, rank: int) -> Replicas:
+    replicas = RedisReplicas(DEAD_REDIS, timeout_s=0.1, interval_s=1, replica_id=f"r{rank}")
+    replicas.learn([f"r{i}" for i in range(count)])
+    return replicas
+
+
+def test_in_an_outage_replicas_that_saw_each_other_admit_the_limit_once() -> None:
+    async def scenario() -> list[int]:
+        return [await admitted(outage_limiter(seen(3, rank), DEFAULT_RATE_LIMIT="10"), "key-a", 10)
+                for rank in range(3)]
+
+    parts = asyncio.run(scenario())
+    assert sum(parts) == 10 and sorted(parts) == [3, 3, 4], parts
+
+
+def test_in_an_outage_the_share_counts_what_this_replica_admitted_before_its_count_changed() -> None:
+    async def scenario() -> tuple[int, int, list[Window]]:
+        replicas = seen(2, 0)
+        rl = outage_limiter(replicas, DEFAULT_RATE_LIMIT="10")
+        first = await admitted(rl, "key-a", 3)
+        replicas.learn(["r0"])  # the other replica left: the whole limit is this one's
+        windows = await rl.admit("key-a")
+        return first, await admitted(rl, "key-a", 10), windows
+
+    first, then, windows = asyncio.run(scenario())
+    assert first == 3 and then == 10 - 3 - 1  # the window's history stayed
+    assert windows[0].limit == 10 and windows[0].remaining == 6
+
+
+def test_a_replica_that_never_read_the_count_assumes_rate_limit_replicas_or_alone() -> None:
+    async def scenario() -> tuple[int, int]:
+        alone = await admitted(outage_limiter(DEFAULT_RATE_LIMIT="10"), "key-a", 12)
+        least = await admitted(outage_limiter(DEFAULT_RATE_LIMIT="10", RATE_LIMIT_REPLICAS="4"), "key-a", 12)
+        return alone, least
+
+    assert asyncio.run(scenario()) == (10, 2)
