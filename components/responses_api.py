@@ -6,8 +6,9 @@ token reservation, admission, one `Pass`, the breaker, usage and metrics).
 
 vLLM keeps `previous_response_id` conversations in a dict in memory that is never evicted
 and that other replicas cannot see, so it is never used: the service stores each response
-itself, with the conversation that led to it, in Redis when the rate limits are there
-(shared by every replica) or in a bounded memory store, for RESPONSES_STORE_TTL_SECONDS.
+itself, with the conversation that led to it, in Redis (shared by every replica) or in
+memory, for RESPONSES_STORE_TTL_SECONDS, each key within its quota of the store
+(components/response_store.py); `metadata` is bounded as OpenAI bounds it.
 A follow-up's input is the stored conversation plus its own input (instructions are not
 carried over, as OpenAI documents), sent to vLLM as one plain request. Only the key that
 created a response may read, continue or delete it; to any other it does not exist.
@@ -35,6 +36,7 @@ from components.vllm_bridge import OpenAIBridge, to_service_error
 
 logger = logging.getLogger(__name__)
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 
 
 def chat_usage(usage: Any) -> dict[str, Any] | None:
@@ -137,6 +139,7 @@ class Responses:
             raise InvalidRequest("Background responses are not supported by this service.", param="background",
                                  code="unsupported_parameter")
         _check_items(body.input)
+        _check_metadata(body.metadata)
         previous = body.previous_response_id
         if previous is None:
             return body, partial(self.generate, previous=None)
@@ -181,8 +184,8 @@ class Responses:
                            response.id, len(record), self.max_record_bytes)
             return False
         with contextlib.suppress(Unavailable):
-            await asyncio.shield(self.store.put(response.id, record))
-            return True
+            # False: larger than the key's quota, or pushed out at once by the store's cap.
+            return await asyncio.shield(self.store.put(response.id, owner, record))
         return False
 
 
@@ -199,6 +202,23 @@ def _check_items(items: Any) -> None:
         if not isinstance(text, str):
             raise InvalidRequest("An assistant message's content must be text or begin with an output_text part.",
                                  param=f"input.{index}.content")
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """OpenAI's bounds (16 pairs, keys of at most 64 characters, values of 512): without
+    them `metadata`, stored and never tokenized, is a cheap way to fill the store."""
+    if not metadata:
+        return
+    if len(metadata) > METADATA_PAIRS:
+        raise InvalidRequest(f"Invalid 'metadata': at most {METADATA_PAIRS} pairs are allowed, got {len(metadata)}.",
+                             param="metadata")
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_CHARS:
+            raise InvalidRequest(f"Invalid 'metadata': a key of {len(key)} characters; at most "
+                                 f"{METADATA_KEY_CHARS} are allowed.", param="metadata")
+        if len(value) > METADATA_VALUE_CHARS:
+            raise InvalidRequest(f"Invalid 'metadata': a value of {len(value)} characters; at most "
+                                 f"{METADATA_VALUE_CHARS} are allowed.", param="metadata")
 
 
 def _items(value: Any) -> list[Any]:

@@ -2,7 +2,8 @@
 # A local cluster from real parts (`make cluster-up`, `make test-cluster`, `make cluster-down`):
 #   - two replicas of the CPU image (llm-a, llm-b), one core each (--cpuset-cpus), each
 #     serving TLS with BentoML's own ssl settings, sharing limits through
-#   - one Redis with a password (llm-redis), and behind
+#   - one Redis with a password (llm-redis, `noeviction`: the limits and the ledger), and
+#     stored responses through another (llm-redis-store, as deploy/k8s/redis.yaml), behind
 #   - HAProxy from Debian (llm-lb): terminates the clients' TLS, re-encrypts to the replicas
 #     (verifying them against the cluster's CA), health-checks /readyz every 0.5 s, and
 #     retries on the other replica a request refused before any byte reached the client
@@ -74,7 +75,10 @@ keys = {name: f"sk-cluster-{name}-{secrets.token_hex(8)}" for name in limits}
 entries = [{"id": name, "sha256": hashlib.sha256(keys[name].encode()).hexdigest(), **policy}
            for name, policy in limits.items()]
 (mount / "keys.yaml").write_text(yaml.safe_dump({"keys": entries}, sort_keys=False))
-(mount / "redis.conf").write_text(f"requirepass {password}\nsave \"\"\nappendonly no\nprotected-mode no\n")
+# As deploy/k8s/redis.yaml: neither evicts (the service bounds the store itself).
+redis = f"requirepass {password}\nsave \"\"\nappendonly no\nprotected-mode no\nmaxmemory-policy noeviction\n"
+(mount / "redis.conf").write_text(redis + "maxmemory 64mb\n")
+(mount / "redis-store.conf").write_text(redis + "maxmemory 256mb\n")
 # BentoML's own TLS settings on each replica (the rest as configuration.yaml).
 tls = yaml.safe_load(open(config))
 tls["services"]["llm-service"]["ssl"] = {"enabled": True, "certfile": "/etc/llm/certs/server.crt",
@@ -83,7 +87,7 @@ tls["services"]["llm-service"]["ssl"] = {"enabled": True, "certfile": "/etc/llm/
 (state / "redis-password").write_text(password)
 (state / "cluster.json").write_text(json.dumps({"keys": keys, "ca": str(mount / "certs" / "ca.crt")}, indent=1))
 PYTHON
-  chmod 644 "$mount"/*.yaml "$mount"/redis.conf && chmod 600 "$STATE/redis-password"
+  chmod 644 "$mount"/*.yaml "$mount"/redis.conf "$mount"/redis-store.conf && chmod 600 "$STATE/redis-password"
   cp deploy/cluster/haproxy.cfg "$mount/haproxy.cfg" && chmod 644 "$mount/haproxy.cfg"
 }
 
@@ -96,6 +100,7 @@ run_replica() {  # NAME CPU PORT
     --restart on-failure:10 -p "127.0.0.1:$3:8080" -v "$STATE/mount:/etc/llm:ro" \
     -e BENTOML_CONFIG=/etc/llm/configuration-tls.yaml -e KEYS_FILE=/etc/llm/keys.yaml \
     -e RATE_LIMIT_STORAGE_URI="redis://:$password@llm-redis:6379/0" -e RATE_LIMIT_REPLICAS=2 \
+    -e RESPONSES_STORE_URI="redis://:$password@llm-redis-store:6379/0" \
     -e MAX_NUM_SEQS=16 -e MAX_QUEUE_SIZE=64 "$IMAGE" >/dev/null
 }
 
@@ -114,10 +119,12 @@ up() {
   make_secrets
   echo "== network, Redis, replicas, load balancer"
   docker network inspect "$NET" >/dev/null 2>&1 || docker network create "$NET" >/dev/null
-  if ! docker container inspect llm-redis >/dev/null 2>&1; then
-    docker run -d --name llm-redis --network "$NET" --user redis -v "$STATE/mount:/etc/llm:ro" "$TOOLS" \
-      redis-server /etc/llm/redis.conf >/dev/null
-  fi
+  for redis in llm-redis llm-redis-store; do
+    if ! docker container inspect "$redis" >/dev/null 2>&1; then
+      docker run -d --name "$redis" --network "$NET" --user redis -v "$STATE/mount:/etc/llm:ro" "$TOOLS" \
+        redis-server "/etc/llm/${redis#llm-}.conf" >/dev/null
+    fi
+  done
   docker container inspect llm-a >/dev/null 2>&1 || run_replica llm-a 0 "$A_PORT"
   docker container inspect llm-b >/dev/null 2>&1 || run_replica llm-b 1 "$B_PORT"
   if ! docker container inspect llm-lb >/dev/null 2>&1; then
@@ -128,7 +135,7 @@ up() {
   echo "== waiting for both replicas to be up behind the load balancer"
   for _ in $(seq 600); do
     all_up && break
-    for r in llm-a llm-b llm-lb llm-redis; do
+    for r in llm-a llm-b llm-lb llm-redis llm-redis-store; do
       if [ "$(docker inspect -f '{{.State.Running}}' "$r")" != "true" ]; then
         docker logs "$r" 2>&1 | tail -30; echo "FAILED: $r is not running"; exit 1
       fi
@@ -151,7 +158,7 @@ PYTHON
 down() {
   set +e
   if docker info >/dev/null 2>&1; then
-    docker rm -f llm-lb llm-a llm-b llm-redis >/dev/null 2>&1
+    docker rm -f llm-lb llm-a llm-b llm-redis llm-redis-store >/dev/null 2>&1
     docker network rm "$NET" >/dev/null 2>&1
     # The service's image goes (the next `up` builds it from the tree as it is then); the
     # Debian base and the tools image stay in the private data root, reused.

@@ -116,11 +116,13 @@ def test_autoscalers_and_the_picker_read_the_true_waiting_count() -> None:
 
 def test_redis_needs_a_password_and_only_the_service_reaches_it() -> None:
     docs = documents()
-    (redis_deployment,) = [doc for path, doc in docs if doc["kind"] == "Deployment" and path.name == "redis.yaml"]
-    redis_container = redis_deployment["spec"]["template"]["spec"]["containers"][0]
-    assert redis_container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    redis_deployments = [doc for path, doc in docs if doc["kind"] == "Deployment" and path.name == "redis.yaml"]
+    assert [doc["metadata"]["name"] for doc in redis_deployments] == ["llm-redis", "llm-redis-store"]
     password_from = {"secretKeyRef": {"name": "llm-redis-auth", "key": "password"}}
-    assert {"name": "REDIS_PASSWORD", "valueFrom": password_from} in redis_container["env"]
+    for redis_deployment in redis_deployments:
+        redis_container = redis_deployment["spec"]["template"]["spec"]["containers"][0]
+        assert redis_container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+        assert {"name": "REDIS_PASSWORD", "valueFrom": password_from} in redis_container["env"]
     (service,) = [doc for path, doc in docs if doc["kind"] == "Deployment" and path.name == "deployment.yaml"]
     env = service["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env]
@@ -129,12 +131,38 @@ def test_redis_needs_a_password_and_only_the_service_reaches_it() -> None:
     assert {"name": "REDIS_PASSWORD", "valueFrom": password_from} in env
     uri = next(e["value"] for e in env if e["name"] == "RATE_LIMIT_STORAGE_URI")
     assert uri.startswith("redis://:$(REDIS_PASSWORD)@llm-redis:")
+    assert names.index("REDIS_PASSWORD") < names.index("RESPONSES_STORE_URI")
+    store_uri = next(e["value"] for e in env if e["name"] == "RESPONSES_STORE_URI")
+    assert store_uri.startswith("redis://:$(REDIS_PASSWORD)@llm-redis-store:")
     policies = {doc["metadata"]["name"]: doc["spec"] for _, doc in docs if doc["kind"] == "NetworkPolicy"}
-    assert policies["llm-redis"]["podSelector"]["matchLabels"] == {"app": "llm-redis"}
+    assert policies["llm-redis"]["podSelector"]["matchExpressions"] == [
+        {"key": "app", "operator": "In", "values": ["llm-redis", "llm-redis-store"]}]
     assert policies["llm-redis"]["ingress"] == [
         {"from": [{"podSelector": {"matchLabels": {"app": "llm-service"}}}], "ports": [{"port": 6379, "protocol": "TCP"}]}]
     (service_ingress,) = policies["llm-service"]["ingress"]
     assert all("namespaceSelector" in source and "podSelector" not in source for source in service_ingress["from"])
+
+
+def redis_args(name: str) -> dict[str, str]:
+    (deployment,) = [doc for path, doc in documents() if doc["kind"] == "Deployment" and path.name == "redis.yaml"
+                     and doc["metadata"]["name"] == name]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+def test_no_redis_the_service_uses_evicts() -> None:
+    """Issue #24 rule 5: the limits and the ledger are never evictable, and the store is
+    bounded per key by the service, never by Redis picking records regardless of owner
+    (tests/integration/test_invariant_store_redis.py starts Redis with these policies)."""
+    limits, store = redis_args("llm-redis"), redis_args("llm-redis-store")
+    assert limits["--maxmemory-policy"] == store["--maxmemory-policy"] == "noeviction"
+    # Room for the store's default bound (RESPONSES_STORE_MAX_BYTES, 64 MiB) three times over.
+    assert int(store["--maxmemory"].removesuffix("mb")) >= 3 * 64
+    # The local cluster (deploy/cluster/cluster.sh) configures its two Redis the same way.
+    script = (ROOT / "deploy/cluster/cluster.sh").read_text()
+    assert "maxmemory-policy noeviction" in script
+    assert 'RESPONSES_STORE_URI="redis://:$password@llm-redis-store:' in script
+    assert "volatile" not in script and "allkeys" not in script
 
 
 def custom_resources() -> list[tuple[str, dict]]:

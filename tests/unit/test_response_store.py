@@ -6,7 +6,8 @@ import json
 import pytest
 
 from components.errors import Unavailable
-from components.response_store import MemoryStore, RedisStore
+from components.response_store import MemoryStore, Quota, RedisStore, store_for
+from components.settings import ApiSettings, LimitSettings
 
 
 class Clock:
@@ -24,8 +25,8 @@ def record(size: int) -> str:
 def test_memory_store_expires_records_after_the_ttl() -> None:
     async def scenario() -> None:
         clock = Clock()
-        store = MemoryStore(ttl_s=60, max_bytes=10_000, clock=clock)
-        await store.put("r1", record(10))
+        store = MemoryStore(ttl_s=60, quota=Quota.of(10_000), clock=clock)
+        await store.put("r1", "a", record(10))
         clock.now += 59
         assert await store.get("r1") == json.loads(record(10))
         clock.now += 2
@@ -37,14 +38,14 @@ def test_memory_store_expires_records_after_the_ttl() -> None:
 def test_memory_store_stays_within_its_bytes_oldest_evicted_first() -> None:
     async def scenario() -> None:
         one = len(record(1000))
-        store = MemoryStore(ttl_s=60, max_bytes=3 * one)
+        store = MemoryStore(ttl_s=60, quota=Quota(max_bytes=3 * one, key_bytes=3 * one, key_records=10))
         for index in range(10):
-            await store.put(f"r{index}", record(1000))
+            await store.put(f"r{index}", "a", record(1000))
         assert [await store.get(f"r{i}") is not None for i in range(10)] == [False] * 7 + [True] * 3
         # Replacing or deleting gives the bytes back: nothing else is evicted.
-        await store.put("r9", record(1000))
+        await store.put("r9", "a", record(1000))
         await store.delete("r8")
-        await store.put("new", record(1000))
+        await store.put("new", "a", record(1000))
         assert [await store.get(f"r{i}") is not None for i in (7, 8, 9)] == [True, False, True]
 
     asyncio.run(scenario())
@@ -52,9 +53,9 @@ def test_memory_store_stays_within_its_bytes_oldest_evicted_first() -> None:
 
 def test_a_record_larger_than_the_store_is_not_kept_and_evicts_nothing() -> None:
     async def scenario() -> None:
-        store = MemoryStore(ttl_s=60, max_bytes=2000)
-        await store.put("small", record(10))
-        await store.put("big", record(5000))
+        store = MemoryStore(ttl_s=60, quota=Quota.of(2000, key_bytes=2000))
+        await store.put("small", "a", record(10))
+        assert not await store.put("big", "a", record(5000))
         assert await store.get("big") is None
         assert await store.get("small") is not None
 
@@ -63,13 +64,27 @@ def test_a_record_larger_than_the_store_is_not_kept_and_evicts_nothing() -> None
 
 def test_redis_store_unreachable_is_a_503_not_a_500() -> None:
     async def scenario() -> None:
-        store = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.5, ttl_s=60)  # nothing listens on port 1
+        store = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.5, ttl_s=60, quota=Quota.of(10_000))  # port 1: nothing
         try:
-            for call in (store.get("r"), store.put("r", record(1)), store.delete("r")):
+            for call in (store.get("r"), store.put("r", "a", record(1)), store.delete("r")):
                 with pytest.raises(Unavailable) as info:
                     await call
                 assert info.value.status == 503
         finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_store_goes_where_responses_store_uri_says_else_with_the_limits() -> None:
+    redis, memory, api = "redis://127.0.0.1:1/0", "memory://", ApiSettings()  # type: ignore[call-arg]
+
+    async def scenario() -> None:
+        for limits_uri, store_uri, kind in [(redis, None, RedisStore), (redis, memory, MemoryStore),
+                                            (memory, redis, RedisStore), (memory, None, MemoryStore)]:
+            env = {"RATE_LIMIT_STORAGE_URI": limits_uri, **({"RESPONSES_STORE_URI": store_uri} if store_uri else {})}
+            store = store_for(LimitSettings(**env), api)  # type: ignore[arg-type]
+            assert isinstance(store, kind)
             await store.close()
 
     asyncio.run(scenario())
