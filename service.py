@@ -11,7 +11,7 @@ import bentoml
 from components import bentoml_metrics
 from components.gateway import Gateway, GatewayMiddleware
 from components.keys_file import check_keys_file
-from components.settings import validate_settings
+from components.settings_env import validate_settings
 
 logger = logging.getLogger("service")
 
@@ -38,7 +38,7 @@ class LLMService:
     def __init__(self) -> None:
         from components.logs import configure_logging
         from components.runtime import Runtime
-        from components.settings import load_settings
+        from components.settings_env import load_settings
 
         settings = load_settings()
         configure_logging(settings.server.log_level)

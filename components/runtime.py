@@ -26,7 +26,8 @@ from components.metrics import Metrics
 from components.ratelimit import RateLimiter
 from components.redact import redacted
 from components.response_store import store_for
-from components.settings import Settings, export_engine_environment
+from components.settings import Settings
+from components.settings_env import export_engine_environment
 from components.supervisor import Supervisor
 from components.tracing import Tracing
 

@@ -1,12 +1,11 @@
-"""Every environment variable the service reads, parsed once into frozen, typed settings."""
+"""Every environment variable the service reads, as frozen, typed settings groups; reading
+them (and exporting what vLLM reads from the environment) is components/settings_env.py."""
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_GPU_MODEL = "TheBloke/Mistral-7B-Instruct-v0.2-AWQ"
@@ -15,7 +14,7 @@ DEFAULT_ALIASES = ("gpt-3.5-turbo", "gpt-4", "gpt-4o", "gpt-4o-mini", "text-davi
                    "claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1", "claude-3-5-haiku-latest")
 
 
-def _split_csv(value: Any) -> Any:
+def split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
@@ -29,7 +28,7 @@ def _parse_pairs(value: Any, what: str, secret: bool = False) -> Any:
     if not isinstance(value, str):
         return value
     pairs: dict[str, str] = {}
-    for position, item in enumerate(_split_csv(value), 1):
+    for position, item in enumerate(split_csv(value), 1):
         sep = "=" if "=" in item else ":"
         key, found, val = item.rpartition(sep)
         if not found or not key.strip() or not val.strip():
@@ -119,7 +118,7 @@ class AuthSettings(_Group):
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _keys(cls, value: Any) -> Any:
-        return tuple(_split_csv(value)) if isinstance(value, str) else value
+        return tuple(split_csv(value)) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> AuthSettings:
@@ -181,7 +180,7 @@ class LimitSettings(_Group):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:
-        origins = tuple(_split_csv(value)) if isinstance(value, str) else value
+        origins = tuple(split_csv(value)) if isinstance(value, str) else value
         if isinstance(origins, tuple | list) and "*" in origins and len(origins) > 1:
             raise ValueError("CORS_ORIGINS is either '*' alone or a list of origins, not both")
         return origins
@@ -234,71 +233,3 @@ class Settings(BaseModel):
     limits: LimitSettings
     resilience: ResilienceSettings
     server: ServerSettings
-
-
-class SettingsError(SystemExit):
-    """Raised with one readable line; as a SystemExit it stops startup without a traceback."""
-
-
-def _describe(group: type[_Group], exc: ValidationError) -> str:
-    # An error's loc names the field by its alias (the variable) or by its name.
-    fields = {**group.model_fields, **{info.alias: info for info in group.model_fields.values() if info.alias}}
-    problems = []
-    for error in exc.errors():
-        if not error["loc"]:  # a rule across settings: its message names them
-            problems.append(error["msg"].removeprefix("Value error, "))
-            continue
-        field = str(error["loc"][0])
-        info = fields.get(field)
-        name = info.alias if info and info.alias else field
-        raw = os.environ.get(name)
-        secret = info is not None and info.repr is False
-        shown = f"={raw!r}" if raw is not None and len(raw) < 80 and not secret else ""
-        message = _scrub(error["msg"], raw) if secret and raw else error["msg"]
-        problems.append(f"{name}{shown}: {message}")
-    return "invalid setting " + "; ".join(problems)
-
-
-def _scrub(message: str, raw: str) -> str:
-    """`message` without any item of a secret value, or any key of its `key:value` items."""
-    pieces = {piece for item in _split_csv(raw) for piece in (item, item.rpartition("=" if "=" in item else ":")[0])}
-    for piece in sorted(pieces, key=len, reverse=True):
-        if len(piece) >= 4:
-            message = message.replace(piece, "***")
-    return message
-
-
-def load_settings() -> Settings:
-    groups: dict[str, _Group] = {}
-    for key, group in (
-        ("engine", EngineSettings),
-        ("api", ApiSettings),
-        ("auth", AuthSettings),
-        ("limits", LimitSettings),
-        ("resilience", ResilienceSettings),
-        ("server", ServerSettings),
-    ):
-        try:
-            groups[key] = group()
-        except ValidationError as exc:
-            message = _describe(group, exc)
-            print(message, file=sys.stderr)
-            raise SettingsError(message) from None
-    return Settings(**groups)  # type: ignore[arg-type]
-
-
-def validate_settings() -> Settings:
-    """Exit with one line (status 2) if any setting is invalid."""
-    try:
-        return load_settings()
-    except SettingsError:
-        raise SystemExit(2) from None
-
-
-def export_engine_environment(engine: EngineSettings, engine_env: dict[str, str], cache_root: str | None) -> None:
-    """vLLM and Hugging Face read these from the process environment, not from arguments."""
-    os.environ["VLLM_CACHE_ROOT"] = cache_root or engine.cache_dir
-    if engine.hf_home:
-        os.environ["HF_HOME"] = engine.hf_home
-    os.environ.update(engine_env)
-    os.environ.pop("VLLM_ATTENTION_BACKEND", None)  # vLLM 0.32 no longer reads it: we pass an engine argument

@@ -16,16 +16,16 @@ CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact", "r
 VLLM_MODULES = {"engine", "vllm_bridge", "engine_scheduler"}
 # The edge: what a request meets before any engine work; never the engine side.
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway",
-        "keys", "keys_file", "ledger", "anthropic_errors", "response_store", "tracing"}
+        "keys", "keys_file", "ledger", "anthropic_errors", "response_store", "tracing", "replicas"}
 ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "anthropic", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor",
-               "vllm_hooks", "validation", "responses_api", "interrupts", "engine_scheduler"}
+               "vllm_hooks", "validation", "responses_api", "interrupts", "engine_scheduler", "grammar_guard"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 # The README's layers ("How it fits together"): a module imports from its own layer and below.
 LAYERS = [
-    CORE | {"responses", "bundled_model", "compile_cache"},
+    CORE | {"responses", "bundled_model", "compile_cache", "settings_env"},
     EDGE | {"gpu_monitor", "bentoml_metrics"},
     {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app",
-     "vllm_hooks", "validation", "anthropic", "responses_api", "interrupts", "engine_scheduler"},
+     "vllm_hooks", "validation", "anthropic", "responses_api", "interrupts", "engine_scheduler", "grammar_guard"},
     {"runtime", "supervisor"},
 ]
 
@@ -102,4 +102,4 @@ def test_no_module_is_long() -> None:
 def test_the_environment_is_touched_only_by_the_settings_module() -> None:
     users = {path.stem for path in COMPONENTS.glob("*.py")
              if "os.environ" in path.read_text() or "getenv(" in path.read_text()}
-    assert users == {"settings"}
+    assert users == {"settings_env"}  # settings.py's groups read it through pydantic-settings

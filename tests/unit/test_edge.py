@@ -22,7 +22,8 @@ from components.middleware import BodyLimitMiddleware
 from components.ratelimit import RateLimiter
 from components.redact import redact_uri as _redact_uri
 from components.redact import redacted
-from components.settings import LimitSettings, SettingsError, load_settings
+from components.settings import LimitSettings
+from components.settings_env import SettingsError, load_settings
 
 USER, OTHER, ADMIN = "sk-user-1111", "sk-other-2222", "sk-admin-3333"
 STAINLESS = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from components.runtime import Runtime
-from components.settings import load_settings
+from components.settings_env import load_settings
 
 
 def test_shutdown_without_startup_is_idempotent() -> None:
