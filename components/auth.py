@@ -25,6 +25,11 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/docs", "/openapi.js
 ADMIN_PATHS = frozenset({"/debug/runtime", "/admin/usage"})
 
 
+def admin_paths(protect_metrics: bool) -> frozenset[str]:
+    # A protected /metrics names every tenant's key id (components/metrics.py): an admin's view.
+    return ADMIN_PATHS | {"/metrics"} if protect_metrics else ADMIN_PATHS
+
+
 def public_paths(protect_metrics: bool) -> frozenset[str]:
     return PUBLIC_PATHS if protect_metrics else PUBLIC_PATHS | {"/metrics"}
 
@@ -46,6 +51,7 @@ class AuthMiddleware:
         self.app = app
         self.keys = keys
         self.public = public_paths(protect_metrics)
+        self.admin = admin_paths(protect_metrics)
         # Called with why a request was refused (a bounded label of vllm_auth_failures_total).
         self.on_refused = on_refused or (lambda reason: None)
 
@@ -71,7 +77,7 @@ class AuthMiddleware:
         if found is not None and refusal is None:
             ctx.key_id = found.id
             ctx.policy = found
-            if scope["path"] in ADMIN_PATHS and not found.admin:
+            if scope["path"] in self.admin and not found.admin:
                 ctx.error_type = "permission_denied"
                 self.on_refused("not_admin")
                 await send_error(send, PermissionDenied("This route needs an admin key."))

@@ -54,7 +54,7 @@ def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
 
 
-def test_protected_metrics_show_key_ids_only_to_a_key(protected: Server) -> None:
+def test_protected_metrics_show_key_ids_only_to_an_admin_key(protected: Server) -> None:
     for key in (KEY_A, KEY_B):
         answer = httpx.post(f"{protected.url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                             json={"model": "gpt-4", "messages": FRANCE, "max_tokens": 2}, timeout=120)
@@ -65,6 +65,10 @@ def test_protected_metrics_show_key_ids_only_to_a_key(protected: Server) -> None
         assert refused.status_code == 401, refused.status_code
         assert refused.json()["error"]["code"] == "invalid_api_key"
         assert not [kid for kid in ids if kid in refused.text]
+    # A tenant's own key reads no other tenant's ids either: an admin (scraper) key does.
+    tenant = httpx.get(f"{protected.url}/metrics", headers={"authorization": f"Bearer {KEY_A}"}, timeout=10)
+    assert tenant.status_code == 403 and tenant.json()["error"]["code"] == "permission_denied", tenant.text
+    assert not [kid for kid in ids if kid in tenant.text]
     scrape = httpx.get(f"{protected.url}/metrics", headers={"authorization": f"Bearer {KEY_SCRAPER}"}, timeout=10)
     assert scrape.status_code == 200
     assert ids <= key_labels(scrape.text) and "hidden" not in key_labels(scrape.text), key_labels(scrape.text)

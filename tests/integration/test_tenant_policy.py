@@ -68,7 +68,9 @@ def mount(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str, mount: Path) -> Iterator[list[Server]]:
     env = {"KEYS_FILE": str(mount / "keys.yaml"), "RATE_LIMIT_STORAGE_URI": redis_url, "REQUIRE_API_KEYS": "true",
-           "DEFAULT_RATE_LIMIT": "100000", "MAX_NUM_SEQS": "8", "MAX_QUEUE_SIZE": "32", "MAX_QUEUED_PER_KEY": "32"}
+           "DEFAULT_RATE_LIMIT": "100000", "MAX_NUM_SEQS": "8", "MAX_QUEUE_SIZE": "32", "MAX_QUEUED_PER_KEY": "32",
+           # Per-key series name keys only behind an admin key (the scrape of this suite).
+           "PROTECT_METRICS": "true"}
     # A home each: BentoML keeps its Prometheus files there, and replicas sharing it would
     # each report the sum of both (as two pods never do).
     started = [start_server(tmp_path_factory.mktemp(f"replica{i}"), env, name=f"replica-{i}") for i in range(2)]
@@ -191,7 +193,8 @@ def test_usage_endpoint_is_admin_only_and_per_key_metrics_are_bounded(replicas: 
     report = httpx.get(f"{server.url}/admin/usage", headers=auth(KEY_ADMIN), timeout=10).json()
     assert report["scope"] == "cluster" and {"tenant-tpm", "ops"} <= {k["key_id"] for k in report["keys"]}
     httpx.get(f"{server.url}/v1/models", headers=auth("sk-nobody-at-all"), timeout=10)
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert httpx.get(f"{server.url}/metrics", headers=auth(KEY_STREAM), timeout=10).status_code == 403
+    text = httpx.get(f"{server.url}/metrics", headers=auth(KEY_ADMIN), timeout=10).text
     ids = set()
     for line in text.splitlines():
         if line.startswith(("vllm_key_requests_total{", "vllm_key_tokens_total{")):
@@ -204,7 +207,7 @@ def test_usage_endpoint_is_admin_only_and_per_key_metrics_are_bounded(replicas: 
 
 def reload_errors(server: Server) -> float:
     name = "vllm_keys_reload_errors_total"
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    text = httpx.get(f"{server.url}/metrics", headers=auth(KEY_ADMIN), timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
 
