@@ -249,11 +249,13 @@ class RedisStore:
 Store = MemoryStore | RedisStore
 
 
-def store_for(limits: Any, api: Any) -> Store:
+def store_for(limits: Any, api: Any, one_tenant: bool = False) -> Store:
     """In Redis at RESPONSES_STORE_URI, unset: where the rate limits are
-    (RATE_LIMIT_STORAGE_URI); memory:// keeps them in this replica."""
+    (RATE_LIMIT_STORAGE_URI); memory:// keeps them in this replica. `one_tenant` (keys
+    off): every caller is one owner, whose default quota is then the whole store."""
     uri = limits.responses_store_uri or limits.storage_uri
-    quota = Quota.of(api.responses_max_bytes, api.responses_key_max_bytes, api.responses_key_max_records)
+    own = api.responses_key_max_bytes or (api.responses_max_bytes if one_tenant else None)
+    quota = Quota.of(api.responses_max_bytes, own, api.responses_key_max_records)
     if uri.startswith("memory://"):
         return MemoryStore(api.responses_ttl_s, quota)
     return RedisStore(uri, limits.storage_timeout_s, api.responses_ttl_s, quota)

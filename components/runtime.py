@@ -48,7 +48,7 @@ class Runtime:
         self.metrics = Metrics(key_ids=settings.auth.protect_metrics)
         self.keys = policy_source(settings, self.metrics.keys_reload_errors.inc)
         self.ledger = ledger_for(settings.limits, self.metrics.limiter_errors.inc)
-        self.store = store_for(settings.limits, settings.api)
+        self.store = store_for(settings.limits, settings.api, one_tenant=self.keys.current.mode == "off")
         server = settings.server
         self.tracing = Tracing(server.otlp_traces_endpoint, server.traces_sample_ratio, server.otlp_traces_protocol)
         self.limiter = RateLimiter(settings.limits, self.metrics.limiter_errors.inc, ledger=self.ledger)

@@ -88,3 +88,15 @@ def test_the_store_goes_where_responses_store_uri_says_else_with_the_limits() ->
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_keys_off_one_tenant_may_use_the_whole_store_by_default() -> None:
+    from types import SimpleNamespace
+
+    from components.response_store import store_for
+
+    limits = SimpleNamespace(responses_store_uri=None, storage_uri="memory://", storage_timeout_s=1)
+    api = SimpleNamespace(responses_max_bytes=1 << 20, responses_key_max_bytes=None, responses_key_max_records=None,
+                          responses_ttl_s=60)
+    assert store_for(limits, api, one_tenant=True)._quota.key_bytes == 1 << 20  # type: ignore[union-attr]
+    assert store_for(limits, api)._quota.key_bytes == (1 << 20) // 8  # type: ignore[union-attr]
