@@ -125,6 +125,10 @@ class Ledger:
         self._next_prune = 0.0
         self._on_error = on_storage_error or (lambda: None)
         self.fail_open = fail_open
+        # This replica's share of a limit among the replicas it last counted (components/
+        # replicas.py, set by the rate limiter): what it charges alone while the storage is down.
+        self.share: Callable[[int, str], int] = lambda limit, identity: limit
+        self._alone: Ledger | None = None
 
     async def reserve(self, kid: str, amount: int, limits: TokenLimits) -> Hold:
         """Charge `amount` to every window of `kid` if it fits in all, else raise RateLimited."""
@@ -133,7 +137,7 @@ class Ledger:
         try:
             refused, used = await self._reserve(windows, amount, now)
         except STORAGE_ERRORS as exc:
-            return self._storage_failed(exc, kid)
+            return await self._storage_failed(exc, kid, amount, limits)
         if refused is not None:
             raise _refusal(refused, used, amount)
         return Hold(self, kid, amount, tuple(w.key for w in windows))
@@ -149,13 +153,22 @@ class Ledger:
             counts = [0] * len(windows)
         return {w.name: (count, w) for w, count in zip(windows, counts, strict=True)}
 
-    def _storage_failed(self, exc: BaseException, kid: str) -> Hold:
+    async def _storage_failed(self, exc: BaseException, kid: str, amount: int, limits: TokenLimits) -> Hold:
+        """Fail open: this replica charges alone, in memory, within its share of each of the
+        key's limits (the replicas' shares add up to the limit); or fail closed: 503."""
         self._on_error()
         logger.error("token ledger (%s) unavailable: %s", self.backend, type(exc).__name__)
-        if self.fail_open:
-            return Hold(None, kid, 0, ())
-        raise Unavailable("Token accounting is unavailable; retry later.", code="rate_limiter_unavailable",
-                          headers={"retry-after": "1"}) from None
+        if not self.fail_open:
+            raise Unavailable("Token accounting is unavailable; retry later.", code="rate_limiter_unavailable",
+                              headers={"retry-after": "1"}) from None
+        if self._alone is None:
+            self._alone = Ledger(clock=self._clock)
+
+        def alone(limit: int, window: str) -> int:  # a share of 0 must still limit: 1 refuses all
+            return max(1, self.share(limit, f"tokens:{kid}:{window}")) if limit > 0 else 0
+
+        mine = TokenLimits(alone(limits.per_minute, "minute"), alone(limits.budget, "budget"), limits.budget_period_s)
+        return await self._alone.reserve(kid, amount, mine)
 
     # Memory storage: one event loop and no await between check and charge, so atomic.
     async def _reserve(self, windows: list[Bucket], amount: int, now: float) -> tuple[Bucket | None, int]:

@@ -124,6 +124,8 @@ class RateLimiter:
         self._on_storage_error = on_storage_error or (lambda: None)
         self._clock = clock
         self.ledger = ledger or ledger_for(settings, self._on_storage_error)
+        # While the storage is down the ledger too limits each key to this replica's share.
+        self.ledger.share = self.replicas.share
 
     def limit_for(self, policy: Any) -> int:
         """The key's own requests per window (API_KEY_LIMITS or the keys file), else the default."""

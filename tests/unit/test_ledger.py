@@ -86,3 +86,32 @@ def test_expired_buckets_are_dropped_but_not_scanned_for_on_every_reservation() 
         assert len(ledger._counts) == 2  # memory stays bounded: k-late's minute and day
 
     asyncio.run(scenario())
+
+
+def test_with_the_storage_down_a_replica_charges_alone_within_its_share() -> None:
+    """Fail open is not 'no limit': each replica keeps its share of the key's tokens (the
+    replicas' shares add up to the limit). Before: an uncharged hold, every request admitted."""
+    import socket
+
+    from components.ledger import RedisLedger
+
+    with socket.socket() as sock:  # a port nobody listens on: every call fails at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    errors: list[int] = []
+    ledger = RedisLedger(f"redis://127.0.0.1:{port}/0", 0.5, on_storage_error=lambda: errors.append(1))
+    ledger.share = lambda limit, identity: limit // 2  # two replicas counted
+
+    async def scenario() -> None:
+        limits = TokenLimits(per_minute=100)
+        first = await ledger.reserve("k", 50, limits)
+        with pytest.raises(TokensLimited):
+            await ledger.reserve("k", 1, limits)
+        await first.settle(20)  # gives back what was not used, in this replica's count
+        await ledger.reserve("k", 30, limits)
+        with pytest.raises(TokensLimited):
+            await ledger.reserve("k", 1, limits)
+        await ledger.close()
+
+    asyncio.run(scenario())
+    assert errors
