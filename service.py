@@ -60,6 +60,9 @@ class LLMService:
             logger.exception("startup failed; exiting")
             os._exit(1)
         gateway.install_app(app)
+        # Counted among the replicas from ready on, not from its first request: an idle
+        # replica that nobody counted would take a whole limit alone in a Redis outage.
+        self.runtime.limiter.replicas.start()
         logger.info("service ready")
 
     @bentoml.on_shutdown

@@ -195,7 +195,7 @@ class RateLimiter:
     async def admit(self, identity: str, policy: Any = None, tenant: str | None = None) -> list[Window]:
         """Count one request; raise RateLimited (with headers) when over a limit. Tokens are
         counted per `tenant` (the key's id; "anonymous" without keys), as the ledger charges."""
-        self.replicas.start()  # announced from the first request on, in the serving loop
+        self.replicas.start()  # at ready (service.py); here too for a limiter used alone
         windows: list[Window] = []
         limit = self.limit_for(policy)
         if limit > 0:
