@@ -23,3 +23,23 @@ def test_every_make_target_the_docs_name_exists() -> None:
     for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         for target in re.findall(r"\bmake ([a-z][a-z-]+)", doc.read_text()):
             assert target in targets, f"{doc.name}: make {target}"
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    """docs/security.md: each row's test is a real file and a real test function; a
+    `::name` alone belongs to the file named before it in the same cell."""
+    text = (ROOT / "docs/security.md").read_text()
+    named = 0
+    for row in (line for line in text.splitlines() if line.startswith("| ")):
+        for cell in row.split(" | "):
+            current = None
+            for path, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", cell):
+                current = path or current
+                if current is None:
+                    continue
+                assert (ROOT / current).is_file(), current
+                source = (ROOT / current).read_text()
+                if name:
+                    assert re.search(rf"^(async )?def {name}\(", source, re.M), f"{current}::{name}"
+                    named += 1
+    assert named >= 40
