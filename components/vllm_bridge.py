@@ -1,7 +1,8 @@
 """The one place that touches vLLM's OpenAI serving layer (internal API, pinned to vLLM 0.32).
 
 It turns vLLM's objects into ours: an `ErrorResponse` or a raised exception becomes a
-`ServiceError`, an error event inside a stream becomes our SSE error event.
+`ServiceError`, an error event inside a stream becomes our SSE error event (the mapping
+itself: components/vllm_errors.py).
 """
 
 from __future__ import annotations
@@ -12,18 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from components.errors import (
-    ContextLengthExceeded,
-    EngineDead,
-    EngineOutOfMemory,
-    InvalidRequest,
-    ModelNotFound,
-    ServiceError,
-    ServingFailure,
-    from_status,
-    render_sse,
-)
+from components.errors import InvalidRequest, ServiceError, from_status, render_sse
 from components.request_fields import request_kind
+from components.vllm_errors import error_from_event, from_error_info, to_service_error
 from components.vllm_hooks import install_context_check, install_engine_tags, report_rendered
 
 if TYPE_CHECKING:
@@ -65,56 +57,6 @@ def vllm_error_types() -> tuple[type[Exception], ...]:
     return (VLLMError,)
 
 
-def to_service_error(exc: BaseException) -> ServiceError:
-    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
-
-    if isinstance(exc, ServiceError):
-        return exc
-    if isinstance(exc, EngineDeadError):
-        return EngineDead("The inference engine is not running; retry later.")
-    if isinstance(exc, EngineGenerateError):
-        # vLLM wraps any exception inside generate() in this, input processing included:
-        # what a request's content can trigger is not the engine's health.
-        logger.error("engine failed a generation: %s", exc)
-        return ServingFailure("The inference engine failed to process the request.")
-    if is_out_of_memory(exc):
-        return EngineOutOfMemory("The inference engine ran out of memory; retry later.")
-    if not isinstance(exc, Exception):
-        raise exc
-    response = create_error_response(exc)
-    return _from_error_info(response.error.code, response.error.message, response.error.param)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
-
-
-# vLLM 0.32's wording for a prompt (plus max_tokens) beyond the context.
-_CONTEXT_MARKERS = ("maximum context length", "context length", "max_model_len", "too long")
-
-
-def _from_error_info(status: int, message: str, param: str | None) -> ServiceError:
-    """Our error for one of vLLM's: the only place that reads vLLM's error wording."""
-    lowered = message.lower()
-    if status == 400 and any(marker in lowered for marker in _CONTEXT_MARKERS):
-        return ContextLengthExceeded(message, param=param)
-    if status == 404 and "model" in lowered:
-        return ModelNotFound(message, param=param or "model")
-    if status >= 500 and "out of memory" in lowered:
-        logger.error("engine out of memory: %s", message)
-        return EngineOutOfMemory("The inference engine ran out of memory; retry later.")
-    if status >= 500 and ("enginecore encountered" in lowered or "engine dead" in lowered):
-        logger.error("engine died: %s", message)
-        return EngineDead("The inference engine is not running; retry later.")
-    if status >= 500:
-        # vLLM's messages for server faults can hold internals; keep them in the log only.
-        # Not counted as an engine fault: a request's content can trigger these.
-        logger.error("serving error %s: %s", status, message)
-        message = "The inference engine failed to process the request."
-    return from_status(int(status), message, param)
-
-
 @dataclass
 class Stream:
     """An SSE stream from vLLM whose error events have been rewritten into our shape.
@@ -133,6 +75,9 @@ class Stream:
     # Called once the usage chunk arrives: vLLM sends it when every choice has finished,
     # so the engine is done with the request; only writing is left.
     on_finished: Callable[[], None] = lambda: None
+    # Whether the engine reports itself dead: an error event is only text, and this typed
+    # fact is what tells an EngineDeadError vLLM caught apart from any other 5xx.
+    engine_dead: Callable[[], bool] = lambda: False
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._events()
@@ -141,7 +86,7 @@ class Stream:
         try:
             async for event in self.source:
                 if event.startswith(_ERROR_PREFIX):
-                    self.error = _error_from_event(event)
+                    self.error = error_from_event(event, self.engine_dead)
                     yield render_sse(self.error)
                     return
                 if _USAGE_MARKER in event:
@@ -178,14 +123,6 @@ class Stream:
         close = getattr(self.source, "aclose", None)
         if close is not None:
             await close()
-
-
-def _error_from_event(event: str) -> ServiceError:
-    try:
-        info = json.loads(event[len("data: ") :].split("\n", 1)[0])["error"]
-        return _from_error_info(int(info.get("code") or 500), str(info.get("message")), info.get("param"))
-    except (ValueError, KeyError, TypeError):
-        return _from_error_info(500, "malformed error event from the engine", None)
 
 
 def prompt_count(body: Any) -> int:
@@ -291,7 +228,12 @@ class OpenAIBridge:
         except Exception as exc:  # noqa: BLE001 - mapped, never a bare 500
             raise to_service_error(exc) from exc
         if isinstance(result, ErrorResponse):
-            raise _from_error_info(result.error.code, result.error.message, result.error.param)
+            raise from_error_info(result.error.code, result.error.message, result.error.param)
         if hasattr(result, "model_dump") or not wrap:
             return result
-        return Stream(result)
+        return Stream(result, engine_dead=self.engine_dead)
+
+    def engine_dead(self) -> bool:
+        """Whether vLLM's engine client reports its engine core dead: set before it raises
+        EngineDeadError into the requests' generators."""
+        return bool(getattr(self._state.engine_client, "errored", False))

@@ -11,21 +11,24 @@ import pytest
 COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 # Core modules: everything else builds on them; they import nothing of ours.
 CORE = {"settings", "errors", "context", "metrics", "logs", "host", "redact", "request_fields"}
-# The modules that know vLLM: its engine (engine.py), its serving layer (the bridge) and its
-# scheduler (engine_scheduler.py, loaded by vLLM in its engine core process).
-VLLM_MODULES = {"engine", "vllm_bridge", "engine_scheduler"}
+# The modules that know vLLM: its engine (engine.py), its serving layer (the bridge and its
+# exception table, vllm_errors.py) and its scheduler (engine_scheduler.py, loaded by vLLM in
+# its engine core process).
+VLLM_MODULES = {"engine", "vllm_bridge", "vllm_errors", "engine_scheduler"}
 # The edge: what a request meets before any engine work; never the engine side.
 EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door", "context", "responses", "gateway",
         "keys", "keys_file", "ledger", "anthropic_errors", "response_store", "tracing", "replicas"}
 ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "anthropic", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor",
-               "vllm_hooks", "validation", "responses_api", "interrupts", "engine_scheduler", "grammar_guard"}
+               "vllm_hooks", "validation", "responses_api", "interrupts", "engine_scheduler", "grammar_guard",
+               "vllm_errors"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 # The README's layers ("How it fits together"): a module imports from its own layer and below.
 LAYERS = [
     CORE | {"responses", "bundled_model", "compile_cache", "settings_env"},
     EDGE | {"gpu_monitor", "bentoml_metrics"},
     {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app",
-     "vllm_hooks", "validation", "anthropic", "responses_api", "interrupts", "engine_scheduler", "grammar_guard"},
+     "vllm_hooks", "validation", "anthropic", "responses_api", "interrupts", "engine_scheduler", "grammar_guard",
+     "vllm_errors"},
     {"runtime", "supervisor"},
 ]
 

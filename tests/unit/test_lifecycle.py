@@ -109,9 +109,12 @@ def test_drain_waits_then_aborts_what_is_left() -> None:
 
 
 def test_out_of_memory_is_a_503_engine_fault_reported_once() -> None:
+    import torch
+
     from components.vllm_bridge import to_service_error
 
-    error = to_service_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    # An out-of-memory is a type the engine raises, never words in a message.
+    error = to_service_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert error.status == 503 and error.code == "out_of_memory" and error.engine_fault
     seen: list[str] = []
 
