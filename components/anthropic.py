@@ -21,6 +21,7 @@ from starlette.requests import Request
 
 from components.errors import InvalidRequest, ServiceError, ServingFailure, render_anthropic_sse
 from components.generation import Dialect
+from components.validation import check_ranges
 from components.vllm_bridge import OpenAIBridge, Stream, to_service_error
 
 
@@ -98,6 +99,7 @@ class Messages:
 
     async def to_chat(self, body: Any) -> Any:
         """The chat completion request that `body` (a Messages request) means."""
+        check_ranges(body)  # in Anthropic's names, before the conversion renames them
         handler = self.handler
         effort = "none"
         if body.thinking is not None and body.thinking.type == "disabled":

@@ -32,6 +32,7 @@ from components.context import request_context
 from components.errors import InvalidRequest, NotFound, ServiceError, ServingFailure, Unavailable
 from components.generation import Call, Dialect
 from components.response_store import Store
+from components.validation import check_ranges
 from components.vllm_bridge import OpenAIBridge, to_service_error
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ class Responses:
 
     async def prepare(self, body: Any, owner: str) -> tuple[Any, Call]:
         """The request vLLM gets (the stored conversation prepended) and the route's Call."""
+        # Before the stored conversation is merged: that round trip through JSON would turn a
+        # NaN or an infinity into null, a field left unset.
+        check_ranges(body)
         if body.background:
             # vLLM would run it in a task of its own, outside admission, limits and drain.
             raise InvalidRequest("Background responses are not supported by this service.", param="background",

@@ -10,7 +10,7 @@ from typing import Any
 from components.admission import STANDARD
 from components.errors import InvalidRequest
 from components.ledger import TokenLimits
-from components.request_fields import declared, request_kind
+from components.request_fields import declared, out_of_range, request_kind
 from components.settings import ApiSettings
 from components.vllm_bridge import OpenAIBridge, prompt_count, request_models
 
@@ -48,10 +48,27 @@ def requested_max_tokens(body: Any) -> int | None:
     return None
 
 
+def check_ranges(body: Any) -> None:
+    """Every numeric field of the body in its range (request_fields.RANGES), on every route,
+    before anything else reads it: a 400 naming the field, never a 500 from vLLM later."""
+    found = out_of_range(body)
+    if found is not None:
+        raise InvalidRequest(found[1], param=found[0])
+    extra = body.model_extra or {}
+    best_of = extra.get("best_of")
+    if best_of is not None and request_kind(body) == "completion":
+        # vLLM 0.32 dropped best_of and ignores it: a client asking for more candidates than
+        # it is sent would silently get fewer. Only the value that changes nothing passes.
+        if isinstance(best_of, bool) or not isinstance(best_of, int) or best_of != (declared(body, "n") or 1):
+            raise InvalidRequest("best_of is not supported by this service; omit it or set it equal to n.",
+                                 param="best_of", code="unsupported_parameter")
+
+
 def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits | None = None,
              policy: Any = None) -> Generation:
     """Check what the engine would accept too late or not at all; raise InvalidRequest.
     `policy`: the key's KeyPolicy (its class, its own cap on running sequences)."""
+    check_ranges(body)
     n = declared(body, "n") or 1
     if n > limits.max_n:
         raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
