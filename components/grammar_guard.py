@@ -7,7 +7,11 @@ A JSON-schema `pattern` has no limit there: `.{5000}` takes seconds, `.{20000}` 
 and meanwhile nothing else on the loop (probes included) is answered. Before the body is
 validated, the guard builds every grammar the body carries in a worker process, under
 GRAMMAR_TIMEOUT_SECONDS; past it the worker is killed (a thread cannot be stopped, and the
-build would go on burning a core) and the request gets a 400 naming the field.
+build would go on burning a core) and the request gets a 400 naming the field. What it
+built in time, it records for the rest of the request (`built_grammars`), and vLLM's
+validation skips those builds instead of repeating them on the loop (components/vllm_hooks.py).
+The record lives in the request's context: it holds this request's grammars only, is gone
+with the request, and no other request (or tenant) can add to it or evict from it.
 
 The fields read are a superset of what vLLM may compile, whatever the route: a grammar
 that cannot be built in time is refused even where it would not have been used. Errors
@@ -15,7 +19,8 @@ other than the time limit are left to vLLM, whose messages the API already maps.
 
 Run as `python -m components.grammar_guard`, this module is the worker: one job per line
 on stdin (a JSON list of [kind, payload]); it answers "ready" once, then the index of each
-grammar as it starts it and "done" after the last, so a timeout names its field."""
+grammar as it starts it, "+" and the builder's kind after each build that succeeded, and
+"done" after the last, so a timeout names its field."""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.errors import InvalidRequest, Overloaded
+from components.vllm_hooks import built_grammars, grammar_key
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +155,19 @@ class _Worker:
             raise RuntimeError("the grammar worker exited")
         return line.decode().strip()
 
-    async def build(self, specs: list[Spec], started: list[int]) -> None:
-        """Until "done"; `started` holds the index of the grammar being built."""
+    async def build(self, specs: list[Spec], started: list[int]) -> list[tuple[int, str]]:
+        """Until "done": the index and builder kind of each grammar built; `started` holds
+        the index of the grammar being built."""
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps([[spec.kind, spec.source] for spec in specs]).encode() + b"\n")
         await self.process.stdin.drain()
+        built: list[tuple[int, str]] = []
         while (line := await self._line()) != "done":
-            started.append(int(line))
+            if line.startswith("+"):
+                built.append((started[-1], line[1:]))
+            else:
+                started.append(int(line))
+        return built
 
     async def kill(self) -> None:
         if self.process.returncode is None:
@@ -174,6 +186,10 @@ class GrammarGuard:
         self._idle: list[_Worker] = []
 
     async def check(self, specs: list[Spec]) -> None:
+        """Build `specs` within the limit, or refuse the request; then record, for the rest
+        of the calling request, which builds succeeded (an awaited coroutine sets the
+        caller's context)."""
+        built_grammars.set(frozenset())
         if not specs:
             return
         try:
@@ -182,15 +198,17 @@ class GrammarGuard:
             raise Overloaded("Too many structured-output grammars are being built; retry shortly.",
                              headers={"retry-after": str(max(1, round(self.timeout_s)))}) from None
         try:
-            await self._build(specs)
+            built = await self._build(specs)
         finally:
             self._slots.release()
+        keys = (grammar_key(kind, specs[index].source) for index, kind in built)
+        built_grammars.set(frozenset(key for key in keys if key is not None))
 
-    async def _build(self, specs: list[Spec]) -> None:
+    async def _build(self, specs: list[Spec]) -> list[tuple[int, str]]:
         worker = self._idle.pop() if self._idle else await _Worker.start()
         started: list[int] = []
         try:
-            await asyncio.wait_for(worker.build(specs, started), self.timeout_s)
+            built = await asyncio.wait_for(worker.build(specs, started), self.timeout_s)
         except TimeoutError:
             await worker.kill()
             spec = specs[started[-1] if started else 0]
@@ -204,22 +222,28 @@ class GrammarGuard:
             await worker.kill()
             raise
         self._idle.append(worker)
+        return built
 
     async def close(self) -> None:
         while self._idle:
             await self._idle.pop().kill()
 
 
-def _build(xgr: Any, kind: str, source: str) -> None:
+def _build(xgr: Any, kind: str, source: str) -> str:
+    """Build as vLLM's validation does (the same builder, default options); the builder's
+    kind, for `grammar_key`."""
     if kind == "json":
         xgr.Grammar.from_json_schema(source)
-    elif kind == "regex":
+        return "json"
+    if kind == "regex":
         xgr.Grammar.from_regex(source)
-    else:
-        try:
-            xgr.Grammar.from_ebnf(source)
-        except Exception:  # noqa: BLE001 - vLLM reads Lark where the text looks like Lark
-            xgr.Grammar.from_lark(source)
+        return "regex"
+    try:
+        xgr.Grammar.from_ebnf(source)
+        return "ebnf"
+    except Exception:  # noqa: BLE001 - vLLM reads Lark where the text looks like Lark
+        xgr.Grammar.from_lark(source)
+        return "lark"
 
 
 def serve(jobs: TextIO, answers: TextIO) -> None:
@@ -232,7 +256,7 @@ def serve(jobs: TextIO, answers: TextIO) -> None:
             answers.write(f"{index}\n")
             answers.flush()
             try:
-                _build(xgr, kind, source)
+                answers.write(f"+{_build(xgr, kind, source)}\n")
             except Exception:  # noqa: BLE001, S110 - vLLM refuses it, in its own words
                 pass
         answers.write("done\n")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from components.errors import InvalidRequest, ServiceError, from_status, render_sse
 from components.request_fields import request_kind
 from components.vllm_errors import error_from_event, from_error_info, to_service_error
-from components.vllm_hooks import install_context_check, install_engine_tags, report_rendered
+from components.vllm_hooks import install_context_check, install_engine_tags, install_grammar_reuse, report_rendered
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -149,9 +149,11 @@ class OpenAIBridge:
         from vllm.entrypoints.openai.completion import serving as completion_serving
         from vllm.entrypoints.openai.responses import serving as responses_serving
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.v1.structured_output import backend_xgrammar
 
         install_context_check((chat_serving, completion_serving, responses_serving))
         install_engine_tags(engine)
+        install_grammar_reuse(backend_xgrammar)
         state = State()
         tasks = await engine.get_supported_tasks()
         await init_app_state(engine, state, args, tasks)

@@ -1,9 +1,11 @@
-"""components/grammar_guard.py: every grammar field of every route is found, and a build
-past the limit is stopped (its worker process killed) and refused with the field named."""
+"""components/grammar_guard.py: every grammar field of every route is found, a build past
+the limit is stopped (its worker process killed) and refused with the field named, and what
+was built in time is recorded for the request's own validation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from components.errors import InvalidRequest, Overloaded
 from components.grammar_guard import GrammarGuard, Spec, grammar_specs
+from components.vllm_hooks import built_grammars, grammar_key
 
 # The integration test's pattern: tens of seconds for xgrammar (tests/integration/test_invariant_grammar.py).
 PATHOLOGICAL = json.dumps({"type": "string", "pattern": ".{8000}"})
@@ -91,5 +94,43 @@ def test_no_free_worker_within_the_limit_is_a_503() -> None:
             await guard.check([Spec("tools", "json", "{}")])
         assert busy.value.status == 503 and busy.value.headers["retry-after"] == "1"
         await guard.check([])  # nothing to build: no wait at all
+
+    asyncio.run(scenario())
+
+
+def test_what_was_built_in_time_is_recorded_for_the_request_and_only_that() -> None:
+    """vLLM's validation skips exactly the builds recorded here (components/vllm_hooks.py):
+    the ones this request's worker completed, keyed by builder and source. The record is
+    the request's own and is replaced, never grown, by the next check: whatever a key
+    sends, it holds no more than one request's grammars and is gone with the request."""
+    async def scenario() -> None:
+        guard = GrammarGuard(timeout_s=60.0, workers=1)
+        schema = '{"type": "string", "maxLength": 3}'
+        await guard.check([Spec("tools", "json", schema), Spec("structured_outputs", "json", "{not json"),
+                           Spec("structured_outputs", "json", '{"type": "strin"}'),
+                           Spec("structured_outputs", "regex", "[a-z]+"),
+                           Spec("structured_outputs", "grammar", 'root ::= "a"')])
+        assert built_grammars.get() == {grammar_key("json", json.loads(schema)), grammar_key("regex", "[a-z]+"),
+                                        grammar_key("ebnf", 'root ::= "a"')}
+        for count in range(1, 30):  # request after request in one context: never more than the last one's
+            await guard.check([Spec("tools", "regex", f"a{{{count}}}")])
+            assert built_grammars.get() == {grammar_key("regex", f"a{{{count}}}")}
+        await guard.check([])
+        assert built_grammars.get() == frozenset()
+
+        async def other_request() -> frozenset[str]:
+            return built_grammars.get()
+
+        await guard.check([Spec("tools", "regex", "b+")])
+        assert await asyncio.get_running_loop().create_task(other_request(), context=contextvars.Context()) \
+            == frozenset()
+        # A build past the limit records nothing, not even the builds before it.
+        short = GrammarGuard(timeout_s=1.0, workers=1)
+        await short.check([Spec("tools", "regex", "c+")])  # starts the worker, outside any deadline
+        with pytest.raises(InvalidRequest):
+            await short.check([Spec("tools", "regex", "d+"), Spec("response_format", "json", PATHOLOGICAL)])
+        assert built_grammars.get() == frozenset()
+        await guard.close()
+        await short.close()
 
     asyncio.run(scenario())

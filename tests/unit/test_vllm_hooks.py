@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -11,8 +13,11 @@ from components.vllm_hooks import (
     CLASS_ARG,
     Delivery,
     EngineTags,
+    built_grammars,
     engine_tags,
+    grammar_key,
     install_engine_tags,
+    install_grammar_reuse,
     on_rendered,
     report_rendered,
 )
@@ -203,3 +208,95 @@ def test_an_engine_error_charges_only_what_came_out() -> None:
 async def _drain(stream: AsyncIterator[Any]) -> None:
     async for _ in stream:
         pass
+
+
+# vLLM's own grammar validation, with the guard's builds skipped (install_grammar_reuse).
+# A schema xgrammar refuses at once shows, without timing anything, whether a build ran.
+REFUSED = {"type": "strin"}
+
+
+@pytest.fixture(scope="module")
+def validate() -> Any:
+    """vLLM 0.32's installed `validate_xgrammar_grammar`, wrapped in a stand-in module (the
+    real module is left as it is) and a function that validates one constraint with it."""
+    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+    from vllm.v1.structured_output import backend_xgrammar
+
+    module = SimpleNamespace(validate_xgrammar_grammar=backend_xgrammar.validate_xgrammar_grammar)
+    install_grammar_reuse(module)
+    install_grammar_reuse(module)  # once only
+    assert module.validate_xgrammar_grammar.__wrapped__ is backend_xgrammar.validate_xgrammar_grammar
+
+    def run(built: set[str | None], **constraint: Any) -> StructuredOutputsParams:
+        params = SamplingParams(structured_outputs=StructuredOutputsParams(**constraint))
+        token = built_grammars.set(frozenset(key for key in built if key is not None))
+        try:
+            module.validate_xgrammar_grammar(params)
+        finally:
+            built_grammars.reset(token)
+        assert params.structured_outputs is not None
+        return params.structured_outputs
+
+    return run
+
+
+def test_vllms_validation_calls_only_the_builders_the_hook_knows() -> None:
+    """Canary against the installed vLLM: a builder it starts calling is vLLM's own build
+    (never skipped), so the guard would not cover it: this names it."""
+    from vllm.v1.structured_output import backend_xgrammar
+
+    names = set(backend_xgrammar.validate_xgrammar_grammar.__code__.co_names)
+    assert "xgr" in names
+    assert {name for name in names if name.startswith("from_")} == {
+        "from_json_schema", "from_regex", "from_ebnf", "from_lark", "from_structural_tag"}
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_a_build_the_guard_made_for_this_request_is_not_made_again(validate: Any, as_text: bool) -> None:
+    from vllm.exceptions import VLLMValidationError
+
+    schema = json.dumps(REFUSED) if as_text else REFUSED
+    with pytest.raises(VLLMValidationError):
+        validate(set(), json=schema)  # vLLM's own build
+    validate({grammar_key("json", json.dumps(REFUSED))}, json=schema)  # skipped: no error
+    with pytest.raises(VLLMValidationError):  # another build's key skips nothing
+        validate({grammar_key("regex", json.dumps(REFUSED))}, json=schema)
+    with pytest.raises(VLLMValidationError):
+        validate({grammar_key("lark", "root ::= (")}, grammar="root ::= (")
+    validate({grammar_key("ebnf", "root ::= (")}, grammar="root ::= (")
+    with pytest.raises(VLLMValidationError):
+        validate(set(), regex="((")
+    validate({grammar_key("regex", "((")}, regex="((")
+
+
+def test_vllms_other_checks_still_run_on_a_skipped_build(validate: Any) -> None:
+    from vllm.exceptions import VLLMValidationError
+
+    unsupported = {"type": "integer", "multipleOf": 3}  # xgrammar would ignore the keyword
+    with pytest.raises(VLLMValidationError, match="not supported"):
+        validate({grammar_key("json", json.dumps(unsupported))}, json=unsupported)
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(200):
+        deep = {"type": "array", "items": deep}
+    with pytest.raises(VLLMValidationError):
+        validate({grammar_key("json", json.dumps(deep))}, json=deep)
+    with pytest.raises(ValueError, match="NUL"):
+        validate({grammar_key("regex", "a\x00")}, regex="a\x00")
+    # `choice` is still rewritten into the grammar the engine compiles.
+    rewritten = validate(set(), choice=["yes", "no"])
+    assert rewritten.choice is None and rewritten.grammar
+
+
+def test_the_record_is_the_requests_own() -> None:
+    """Another request's context (another task) starts with nothing recorded."""
+    async def scenario() -> None:
+        built_grammars.set(frozenset({"a"}))
+        assert await asyncio.create_task(asyncio.to_thread(built_grammars.get)) == frozenset({"a"})
+
+        async def other() -> frozenset[str]:
+            return built_grammars.get()
+
+        loop = asyncio.get_running_loop()
+        assert await loop.create_task(other(), context=contextvars.Context()) == frozenset()
+
+    asyncio.run(scenario())
