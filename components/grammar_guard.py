@@ -1,4 +1,4 @@
-"""Structured-output grammars are built first off the event loop, under a time limit.
+"""Structured-output grammars are built and compiled first off the event loop, under a time limit.
 
 vLLM 0.32 builds a request's grammar (xgrammar's `Grammar.from_json_schema`, `from_regex`,
 `from_ebnf`, structural tags) while it validates the request: in the request model's
@@ -10,29 +10,36 @@ GRAMMAR_TIMEOUT_SECONDS; past it the worker is killed (a thread cannot be stoppe
 build would go on burning a core) and the request gets a 400 naming the field. What it
 built in time, it records for the rest of the request (`built_grammars`), and vLLM's
 validation skips those builds instead of repeating them on the loop (components/vllm_hooks.py).
+
+A build bounds only half the cost: the engine core then compiles the grammar against the
+model's vocabulary (xgrammar's GrammarCompiler, in its thread pool), with no limit: the
+48-byte pattern `(.{1,30}){1,30}` builds in 0.03 s and compiles for minutes, a core per
+request, and the compile goes on after an abort. So the worker compiles each grammar too,
+the way vLLM 0.32's XgrammarBackend does (the same compiler class and options, the served
+model's tokenizer and vocabulary size), inside the same limit: the engine's own compile of
+a grammar that passed takes about as long, and that is its bound. A grammar that builds
+but does not compile (with vLLM's compiler cache on, xgrammar fails on long repeats such as
+`.{300}`) is a 400 `invalid_grammar` naming the field, instead of the engine failing the
+request (which vLLM answers with a 500).
 The record lives in the request's context: it holds this request's grammars only, is gone
 with the request, and no other request (or tenant) can add to it or evict from it.
 
 The fields read are a superset of what vLLM may compile, whatever the route: a grammar
-that cannot be built in time is refused even where it would not have been used. Errors
-other than the time limit are left to vLLM, whose messages the API already maps.
+that cannot be built in time is refused even where it would not have been used. A grammar
+that does not build is left to vLLM, whose messages the API already maps.
 
-Run as `python -m components.grammar_guard`, this module is the worker: one job per line
-on stdin (a JSON list of [kind, payload]); it answers "ready" once, then the index of each
-grammar as it starts it, "+" and the builder's kind after each build that succeeded, and
-"done" after the last, so a timeout names its field."""
+The worker process is components/grammar_worker.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from components.errors import InvalidRequest, Overloaded
 from components.vllm_hooks import built_grammars, grammar_key
@@ -40,8 +47,8 @@ from components.vllm_hooks import built_grammars, grammar_key
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKERS = 2  # concurrent builds; each worker is a Python process with xgrammar (~350 MB)
-START_TIMEOUT_S = 300.0  # importing xgrammar (torch) takes ~12 s on a busy 2-core host
+WORKERS = 2  # concurrent builds; each worker: a Python process, xgrammar, a tokenizer (~550 MB)
+START_TIMEOUT_S = 300.0  # xgrammar (torch) and the tokenizer load in ~12 s on a busy 2-core host
 
 
 @dataclass(frozen=True)
@@ -133,9 +140,9 @@ class _Worker:
         self.process = process
 
     @classmethod
-    async def start(cls) -> _Worker:
+    async def start(cls, tokenizer: str) -> _Worker:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "components.grammar_guard",
+            sys.executable, "-m", "components.grammar_worker", tokenizer,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             cwd=ROOT,
         )
@@ -155,19 +162,23 @@ class _Worker:
             raise RuntimeError("the grammar worker exited")
         return line.decode().strip()
 
-    async def build(self, specs: list[Spec], started: list[int]) -> list[tuple[int, str]]:
-        """Until "done": the index and builder kind of each grammar built; `started` holds
-        the index of the grammar being built."""
+    async def build(self, specs: list[Spec], started: list[int]) -> tuple[list[tuple[int, str]], int | None]:
+        """Until "done": the index and builder kind of each grammar built, and the index of
+        the one that failed to compile, if any; `started` holds the index of the grammar
+        being built."""
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps([[spec.kind, spec.source] for spec in specs]).encode() + b"\n")
         await self.process.stdin.drain()
         built: list[tuple[int, str]] = []
+        failed: int | None = None
         while (line := await self._line()) != "done":
             if line.startswith("+"):
                 built.append((started[-1], line[1:]))
+            elif line == "!":
+                failed = started[-1]
             else:
                 started.append(int(line))
-        return built
+        return built, failed
 
     async def kill(self) -> None:
         if self.process.returncode is None:
@@ -176,17 +187,19 @@ class _Worker:
 
 
 class GrammarGuard:
-    """Builds a request's grammars in worker processes, each build bounded by `timeout_s`.
-    At most WORKERS builds run at once; a request that finds none free within the limit
-    gets a 503 (admission never waits without bound)."""
+    """Builds and compiles a request's grammars in worker processes, for the model whose
+    tokenizer (a path or hub name, as the engine loads it) is `tokenizer`, within
+    `timeout_s`. At most WORKERS run at once; a request that finds none free within the
+    limit gets a 503 (admission never waits without bound)."""
 
-    def __init__(self, timeout_s: float, workers: int = WORKERS) -> None:
+    def __init__(self, timeout_s: float, tokenizer: str, workers: int = WORKERS) -> None:
         self.timeout_s = timeout_s
+        self.tokenizer = tokenizer
         self._slots = asyncio.Semaphore(workers)
         self._idle: list[_Worker] = []
 
     async def check(self, specs: list[Spec]) -> None:
-        """Build `specs` within the limit, or refuse the request; then record, for the rest
+        """Build and compile `specs` within the limit, or refuse the request; then record, for the rest
         of the calling request, which builds succeeded (an awaited coroutine sets the
         caller's context)."""
         built_grammars.set(frozenset())
@@ -205,16 +218,16 @@ class GrammarGuard:
         built_grammars.set(frozenset(key for key in keys if key is not None))
 
     async def _build(self, specs: list[Spec]) -> list[tuple[int, str]]:
-        worker = self._idle.pop() if self._idle else await _Worker.start()
+        worker = self._idle.pop() if self._idle else await _Worker.start(self.tokenizer)
         started: list[int] = []
         try:
-            built = await asyncio.wait_for(worker.build(specs, started), self.timeout_s)
+            built, failed = await asyncio.wait_for(worker.build(specs, started), self.timeout_s)
         except TimeoutError:
             await worker.kill()
             spec = specs[started[-1] if started else 0]
             logger.warning("grammar build from %s stopped after %.1f s", spec.param, self.timeout_s)
             raise InvalidRequest(
-                f"{spec.param}: the structured-output grammar could not be built within "
+                f"{spec.param}: the structured-output grammar could not be compiled within "
                 f"{self.timeout_s:g} s; simplify the schema or pattern.",
                 param=spec.param, code="grammar_too_complex",
             ) from None
@@ -222,49 +235,16 @@ class GrammarGuard:
             await worker.kill()
             raise
         self._idle.append(worker)
+        if failed is not None:
+            # xgrammar's message names its own source files and internals: not the client's.
+            param = specs[failed].param
+            raise InvalidRequest(
+                f"{param}: the structured-output grammar cannot be compiled for this model "
+                "(long repeats such as `.{300}` are not supported); simplify the schema or pattern.",
+                param=param, code="invalid_grammar",
+            )
         return built
 
     async def close(self) -> None:
         while self._idle:
             await self._idle.pop().kill()
-
-
-def _build(xgr: Any, kind: str, source: str) -> str:
-    """Build as vLLM's validation does (the same builder, default options); the builder's
-    kind, for `grammar_key`."""
-    if kind == "json":
-        xgr.Grammar.from_json_schema(source)
-        return "json"
-    if kind == "regex":
-        xgr.Grammar.from_regex(source)
-        return "regex"
-    try:
-        xgr.Grammar.from_ebnf(source)
-        return "ebnf"
-    except Exception:  # noqa: BLE001 - vLLM reads Lark where the text looks like Lark
-        xgr.Grammar.from_lark(source)
-        return "lark"
-
-
-def serve(jobs: TextIO, answers: TextIO) -> None:
-    import xgrammar as xgr
-
-    answers.write("ready\n")
-    answers.flush()
-    for line in jobs:
-        for index, (kind, source) in enumerate(json.loads(line)):
-            answers.write(f"{index}\n")
-            answers.flush()
-            try:
-                answers.write(f"+{_build(xgr, kind, source)}\n")
-            except Exception:  # noqa: BLE001, S110 - vLLM refuses it, in its own words
-                pass
-        answers.write("done\n")
-        answers.flush()
-
-
-if __name__ == "__main__":
-    # Only the protocol goes to the parent: whatever a library prints goes to stderr.
-    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    sys.stdout = sys.stderr
-    serve(sys.stdin, protocol)

@@ -81,8 +81,11 @@ def build_openai_app(
     tokens_per_minute: int = 0,
     usage_report: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     store: Store,
+    grammar_tokenizer: str,
 ) -> FastAPI:
-    grammars = GrammarGuard(limits.grammar_timeout_s)
+    # `grammar_tokenizer`: the tokenizer the engine loads (its model path or hub name); the
+    # grammar guard compiles every grammar against it, as the engine will.
+    grammars = GrammarGuard(limits.grammar_timeout_s, grammar_tokenizer)
 
     async def check_grammars(request: Request) -> None:
         # A dependency of every route: FastAPI solves it before it validates the body into

@@ -125,7 +125,7 @@ class Runtime:
                 stall_timeout_s=settings.resilience.stream_stall_timeout,
                 ledger=self.ledger, tokens_per_minute=settings.limits.tokens_per_minute,
                 usage_report=lambda: usage_report(self.ledger, self.keys.current, settings.limits.tokens_per_minute),
-                store=self.store)
+                store=self.store, grammar_tokenizer=spec.model)
             self.engine_pids = engine_mod.engine_core_pids(self.engine, self._missing)
             if settings.engine.warmup:
                 await engine_mod.warm_up(self.engine)

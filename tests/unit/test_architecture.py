@@ -20,7 +20,7 @@ EDGE = {"access_log", "auth", "middleware", "ratelimit", "health", "front_door",
         "keys", "keys_file", "ledger", "anthropic_errors", "response_store", "tracing", "replicas"}
 ENGINE_SIDE = {"engine", "engine_spec", "vllm_bridge", "anthropic", "generation", "lifecycle", "admission", "runtime", "openai_app", "supervisor",
                "vllm_hooks", "validation", "responses_api", "interrupts", "engine_scheduler", "grammar_guard",
-               "vllm_errors"}
+               "grammar_worker", "vllm_errors"}
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 # The README's layers ("How it fits together"): a module imports from its own layer and below.
 LAYERS = [
@@ -28,7 +28,7 @@ LAYERS = [
     EDGE | {"gpu_monitor", "bentoml_metrics"},
     {"admission", "breaker", "lifecycle", "generation", "engine_spec", "engine", "vllm_bridge", "openai_app",
      "vllm_hooks", "validation", "anthropic", "responses_api", "interrupts", "engine_scheduler", "grammar_guard",
-     "vllm_errors"},
+     "grammar_worker", "vllm_errors"},
     {"runtime", "supervisor"},
 ]
 

@@ -1,6 +1,7 @@
-"""components/grammar_guard.py: every grammar field of every route is found, a build past
-the limit is stopped (its worker process killed) and refused with the field named, and what
-was built in time is recorded for the request's own validation."""
+"""components/grammar_guard.py: every grammar field of every route is found, a build or
+compile past the limit is stopped (its worker process killed) and refused with the field
+named, a grammar that cannot compile is a 400 naming it, and what was built in time is
+recorded for the request's own validation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import contextvars
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +43,23 @@ PLACES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = [
         {"type": "structural_tag", "format": {"type": "json_schema", "json_schema": s}})}}),
 ]
 
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A model folder with a small byte-level BPE tokenizer and a config, as the engine's
+    tokenizer would be found (the workers compile against it)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 8, vocab_size=300,
+                            special_tokens=["<eos>"])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<eos>").save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 320}))
+    return str(Path(folder))
+
+
 schemas = st.fixed_dictionaries({"type": st.just("string"), "pattern": st.text(min_size=1, max_size=30)})
 
 
@@ -68,9 +87,9 @@ def test_bodies_without_a_grammar_to_build_cost_nothing(body: Any) -> None:
     assert grammar_specs(body) == []
 
 
-def test_a_build_past_the_limit_is_killed_and_refused_naming_its_field() -> None:
+def test_a_build_past_the_limit_is_killed_and_refused_naming_its_field(tokenizer: str) -> None:
     async def scenario() -> None:
-        guard = GrammarGuard(timeout_s=1.0, workers=1)
+        guard = GrammarGuard(timeout_s=1.0, tokenizer=tokenizer, workers=1)
         await guard.check([Spec("tools", "json", "{}")])  # starts the worker, outside any deadline
         (worker,) = guard._idle
         with pytest.raises(InvalidRequest) as refused:
@@ -88,7 +107,7 @@ def test_a_build_past_the_limit_is_killed_and_refused_naming_its_field() -> None
 
 def test_no_free_worker_within_the_limit_is_a_503() -> None:
     async def scenario() -> None:
-        guard = GrammarGuard(timeout_s=0.5, workers=1)
+        guard = GrammarGuard(timeout_s=0.5, tokenizer="unused", workers=1)
         await guard._slots.acquire()  # the one worker is busy with another request's build
         with pytest.raises(Overloaded) as busy:
             await guard.check([Spec("tools", "json", "{}")])
@@ -98,13 +117,13 @@ def test_no_free_worker_within_the_limit_is_a_503() -> None:
     asyncio.run(scenario())
 
 
-def test_what_was_built_in_time_is_recorded_for_the_request_and_only_that() -> None:
+def test_what_was_built_in_time_is_recorded_for_the_request_and_only_that(tokenizer: str) -> None:
     """vLLM's validation skips exactly the builds recorded here (components/vllm_hooks.py):
     the ones this request's worker completed, keyed by builder and source. The record is
     the request's own and is replaced, never grown, by the next check: whatever a key
     sends, it holds no more than one request's grammars and is gone with the request."""
     async def scenario() -> None:
-        guard = GrammarGuard(timeout_s=60.0, workers=1)
+        guard = GrammarGuard(timeout_s=60.0, tokenizer=tokenizer, workers=1)
         schema = '{"type": "string", "maxLength": 3}'
         await guard.check([Spec("tools", "json", schema), Spec("structured_outputs", "json", "{not json"),
                            Spec("structured_outputs", "json", '{"type": "strin"}'),
@@ -125,12 +144,36 @@ def test_what_was_built_in_time_is_recorded_for_the_request_and_only_that() -> N
         assert await asyncio.get_running_loop().create_task(other_request(), context=contextvars.Context()) \
             == frozenset()
         # A build past the limit records nothing, not even the builds before it.
-        short = GrammarGuard(timeout_s=1.0, workers=1)
+        short = GrammarGuard(timeout_s=1.0, tokenizer=tokenizer, workers=1)
         await short.check([Spec("tools", "regex", "c+")])  # starts the worker, outside any deadline
         with pytest.raises(InvalidRequest):
             await short.check([Spec("tools", "regex", "d+"), Spec("response_format", "json", PATHOLOGICAL)])
         assert built_grammars.get() == frozenset()
         await guard.close()
         await short.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("pattern", ["a{1500}", ".{300}"])
+def test_a_grammar_that_builds_but_cannot_compile_is_a_400_naming_its_field(tokenizer: str, pattern: str) -> None:
+    """xgrammar builds these, and with vLLM's compiler options (its cache on) fails to compile
+    them: the engine would fail the request (a 500). The worker compiles as the engine does,
+    so the request is refused first, naming the field, and records nothing."""
+    async def scenario() -> None:
+        guard = GrammarGuard(timeout_s=60.0, tokenizer=tokenizer, workers=1)
+        source = json.dumps({"type": "string", "pattern": pattern})
+        with pytest.raises(InvalidRequest) as refused:
+            await guard.check([Spec("tools", "json", "{}"), Spec("structured_outputs", "json", source),
+                               Spec("tools", "regex", "[a-z]+")])
+        assert (refused.value.status, refused.value.type, refused.value.code, refused.value.param) == (
+            400, "invalid_request_error", "invalid_grammar", "structured_outputs")
+        assert "grammar_functor" not in refused.value.message  # xgrammar's internals stay in the worker
+        assert built_grammars.get() == frozenset()
+        # Not a fault of the worker: it stays, and the next request's grammar compiles on it.
+        (worker,) = guard._idle
+        await guard.check([Spec("tools", "json", '{"type": "string", "pattern": "^[a-z]{1,8}$"}')])
+        assert guard._idle == [worker] and len(built_grammars.get()) == 1
+        await guard.close()
 
     asyncio.run(scenario())
