@@ -2,9 +2,10 @@
 structured-output grammars as vLLM 0.32 does, so that the guard can kill it past the limit.
 
 Run as `python -m components.grammar_worker TOKENIZER`: it loads the tokenizer once, then
-takes one job per line on stdin (a JSON list of [kind, payload]); it answers "ready" once, then the index of each grammar as it starts it, "+" and the
-builder's kind after each build that succeeded, "!" where that grammar then failed to
-compile (the job's last), and "done" after the last, so an error names its field."""
+takes one job per line on stdin (a JSON list of [kind, payload]); it answers "ready" once,
+then the index of each grammar as it starts it, "+" and the builder's kind after each build
+that succeeded, "!" where that grammar then failed to compile (the job's last), and "done"
+after the last, so an error names its field."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Any, TextIO
 
 # vLLM 0.32's XgrammarBackend compiler options; the cache is on there, and with it xgrammar
 # fails on grammars it compiles without (long repeats), so it is on here too.
-COMPILER_THREADS = 8
+# Never more threads than cores: the API's event loop shares them (a compile is no faster
+# with more threads than cores, so the bound on the engine's own compile holds).
+COMPILER_THREADS = min(8, os.cpu_count() or 1)
 COMPILER_CACHE_BYTES = 512 * 1024 * 1024  # VLLM_XGRAMMAR_CACHE_MB's default
 
 
