@@ -137,7 +137,10 @@ class _Worker:
     """One worker process, started by us and killed by its PID when a build overruns."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
+        if process.stdin is None or process.stdout is None:
+            raise RuntimeError("the grammar worker was started without its pipes")
         self.process = process
+        self.stdin, self.stdout = process.stdin, process.stdout
 
     @classmethod
     async def start(cls, tokenizer: str) -> _Worker:
@@ -156,8 +159,7 @@ class _Worker:
         return worker
 
     async def _line(self) -> str:
-        assert self.process.stdout is not None
-        line = await self.process.stdout.readline()
+        line = await self.stdout.readline()
         if not line:
             raise RuntimeError("the grammar worker exited")
         return line.decode().strip()
@@ -166,9 +168,8 @@ class _Worker:
         """Until "done": the index and builder kind of each grammar built, and the index of
         the one that failed to compile, if any; `started` holds the index of the grammar
         being built."""
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps([[spec.kind, spec.source] for spec in specs]).encode() + b"\n")
-        await self.process.stdin.drain()
+        self.stdin.write(json.dumps([[spec.kind, spec.source] for spec in specs]).encode() + b"\n")
+        await self.stdin.drain()
         built: list[tuple[int, str]] = []
         failed: int | None = None
         while (line := await self._line()) != "done":

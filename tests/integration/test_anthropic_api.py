@@ -42,7 +42,9 @@ def test_messages_stream_sends_anthropic_events(claude: anthropic.Anthropic) -> 
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert "Paris" in text
-    assert final.stop_reason == "end_turn"
+    # Greedy output depends on the numerics of a prefix-cache hit or miss: either way the
+    # stop reason must say which end it reached.
+    assert final.stop_reason == ("max_tokens" if final.usage.output_tokens == 20 else "end_turn"), text
     assert final.usage.output_tokens > 0
 
 
