@@ -150,7 +150,8 @@ async def breaker_words(url: str, until: float, statuses: Counter[int]) -> None:
                 response = await client.post(f"{url}/v1/chat/completions", headers=auth(HOSTILE), json={
                     **CHAT, "stream": False, "logit_bias": {word: 1}})
                 record(statuses, response)
-            await asyncio.sleep(0.2)
+            # Ten times the breaker's minimum calls per window: enough to open it if it counted.
+            await asyncio.sleep(1)
 
 
 async def dropped_choices(url: str, until: float, statuses: Counter[int]) -> None:
@@ -181,7 +182,7 @@ async def store_flood(url: str, until: float, statuses: Counter[int]) -> None:
         while time.monotonic() < until:
             response = await client.post(f"{url}/v1/responses", json=body, headers=auth(HOSTILE))
             record(statuses, response)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
 
 
 def store_one(url: str) -> str:
