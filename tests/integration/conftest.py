@@ -30,14 +30,16 @@ MAX_QUEUE_SIZE = 4
 
 
 @contextmanager
-def running_redis(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real redis-server on a free loopback port, stopped by its PID at the end."""
+def running_redis(workdir: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real redis-server on a free loopback port (`extra`: more of its arguments), stopped
+    by its PID at the end."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (make test installs it with apt-get)")
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir),
+         *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +25,7 @@ from components.ledger import TokenLimits
 from components.ratelimit import RateLimiter
 from components.response_store import RedisStore, store_for
 from components.settings import ApiSettings, LimitSettings
-from harness.server import free_port
+from tests.integration.conftest import running_redis
 from tests.unit.test_invariant_store import QUOTA, Op, check_invariants, ops_strategy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,27 +47,8 @@ def shipped_policy(name: str) -> str:
 
 @contextmanager
 def redis_server(workdir: Path, *extra: str) -> Iterator[str]:
-    """A real redis-server on a free loopback port, stopped by its PID at the end."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (make test installs it with apt-get)")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", str(workdir), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    try:
+    with running_redis(workdir, *extra) as (url, _):
         yield url
-    finally:
-        client.close()
-        process.send_signal(signal.SIGTERM)
-        process.wait(10)
 
 
 @pytest.fixture(scope="module")
