@@ -9,11 +9,11 @@ responses out (issue #24, rule 5):
   evicts that key's own oldest records, never another key's (OpenAI keeps every response,
   so keeping the newest and dropping the key's oldest is the least surprising answer: a
   refusal would fail the request that had already been answered);
-- the whole store holds at most `max_bytes`; when a put crosses it, the oldest record of
-  the key holding the most bytes goes, again and again. That key holds more than its fair
-  share, the cap over the number of keys holding records (the store is over the cap); so a
-  key holding no more than its fair share never loses a record to another key's put (with
-  the default quota, an eighth, and up to 8 keys holding records: no key within its quota).
+- the whole store holds at most `max_bytes`; when a put crosses it, the putting key pays:
+  its own oldest records go, the new one last (then the put reports it was not kept). So
+  no put ever evicts another key's record, whatever the number of keys: a full store of
+  many tenants refuses new records until some expire, it never drops a tenant's records for
+  another's. One key fills at most its quota (an eighth by default) of the store.
 In Redis one Lua script applies both rules atomically for every replica; Redis' own
 `maxmemory` eviction must never be the bound (docs/deployment.md, "Redis")."""
 
@@ -97,10 +97,8 @@ class MemoryStore:
         self._total += len(text)
         while self._bytes[owner] > quota.key_bytes or len(self._by_owner[owner]) > quota.key_records:
             self._forget(next(iter(self._by_owner[owner])))
-        while self._total > quota.max_bytes:
-            # The key holding the most (ties: the first name), as the Redis script picks it.
-            most = min(self._bytes, key=lambda who: (-self._bytes[who], who))
-            self._forget(next(iter(self._by_owner[most])))
+        while self._total > quota.max_bytes and owner in self._by_owner:
+            self._forget(next(iter(self._by_owner[owner])))  # the putting key pays, never another
         return response_id in self._records
 
     async def delete(self, response_id: str) -> None:
@@ -182,21 +180,10 @@ while tonumber(redis.call('HGET', I .. 'usage', owner) or '0') > key_bytes
   forget(redis.call('ZRANGE', I .. 'owner:' .. owner, 0, 0)[1])
 end
 while tonumber(redis.call('GET', I .. 'total') or '0') > max_bytes do
-  local usage = redis.call('HGETALL', I .. 'usage')
-  local most, held = nil, -1
-  for i = 1, #usage, 2 do
-    local bytes = tonumber(usage[i + 1])
-    if bytes > held or (bytes == held and usage[i] < most) then most, held = usage[i], bytes end
-  end
-  if not most then
-    redis.call('SET', I .. 'total', 0)
-    break
-  end
-  local oldest = redis.call('ZRANGE', I .. 'owner:' .. most, 0, 0)[1]
-  if oldest then forget(oldest) else  -- an index out of step (keys deleted by hand): mend it
-    redis.call('HDEL', I .. 'usage', most)
-    redis.call('DECRBY', I .. 'total', held)
-  end
+  -- The putting key pays: its own oldest go, the new record last; never another key's.
+  local oldest = redis.call('ZRANGE', I .. 'owner:' .. owner, 0, 0)[1]
+  if not oldest then break end
+  forget(oldest)
 end
 return redis.call('EXISTS', R .. id)
 """

@@ -51,7 +51,7 @@ DESCRIPTIONS: dict[str, str] = {
     'MAX_PROMPTS': 'most prompts in one `/v1/completions` request',
     'ENGINE_QUEUE_DEPTH': 'sequences admitted beyond `MAX_NUM_SEQS`, which wait rendered in vLLM\'s own scheduler so that a finished batch is refilled at the next engine step, in the fair queue\'s order (vLLM priorities from arrival, class and the key\'s sequences in the engine; docs/tenants.md); unset means `MAX_NUM_SEQS`; `0`: the fair queue holds every waiting request (docs/benchmarks.md, concurrency 64)',
     'RESPONSES_STORE_TTL_SECONDS': 'how long a stored Responses API response (for `previous_response_id` and `GET /v1/responses/{id}`) is kept',
-    'RESPONSES_STORE_MAX_BYTES': 'the response store\'s bound (JSON bytes, metadata included), in memory or in Redis alike; past it the oldest record of the key holding the most goes (docs/responses.md)',
+    'RESPONSES_STORE_MAX_BYTES': 'the response store\'s bound (JSON bytes, metadata included), in memory or in Redis alike; a put past it evicts the putting key\'s own oldest records, never another key\'s (docs/responses.md)',
     'RESPONSES_STORE_KEY_MAX_BYTES': 'one API key\'s bound in the response store (JSON bytes); past it that key\'s own oldest records go, never another key\'s (unset: an eighth of `RESPONSES_STORE_MAX_BYTES`; at most all of it)',
     'RESPONSES_STORE_KEY_MAX_RECORDS': 'one API key\'s most stored responses; past it its own oldest go (unset: one per KiB of its byte quota)',
     'RESPONSES_STORE_URI': 'where stored responses live: `redis://…` (every replica\'s), or `memory://` (each replica\'s own); unset: `RATE_LIMIT_STORAGE_URI`. Give it a Redis of its own (the shipped manifests do): the limits\' Redis runs `noeviction` (docs/deployment.md, "Redis")',

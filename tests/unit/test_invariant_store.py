@@ -82,12 +82,10 @@ async def check_invariants(store: Any, quota: Quota, ops: list[Op]) -> None:
         counts = [sum(1 for r, o, _ in put if o == who and alive[r]) for who in OWNERS]
         assert max(counts) <= quota.key_records
         assert sum(after.values()) <= quota.max_bytes
-        # Another key loses records only while it holds more than its fair share.
-        holders = len(set(before) | {owner})
-        for other, used in before.items():
+        # A put never evicts another key's record, whatever the number of keys.
+        for other in before:
             lost = [r for r, o, _ in put if o == other and previous.get(r) and not alive[r]]
-            if other != owner and lost:
-                assert used > quota.max_bytes / holders, (other, used, holders, lost)
+            assert other == owner or not lost, (other, lost)
         # Nothing is evicted when everything fits.
         own = before.get(owner, 0) + len(record)
         own_count = sum(1 for r, o, _ in put if o == owner and previous.get(r)) + 1
@@ -134,7 +132,7 @@ def test_a_flood_by_one_key_evicts_only_its_own_records() -> None:
     asyncio.run(scenario())
 
 
-def test_the_global_cap_evicts_from_the_key_holding_the_most() -> None:
+def test_the_global_cap_evicts_the_putting_keys_own_records_never_anothers() -> None:
     async def scenario() -> None:
         # The quotas add up to more than the store: 3 x 2500 > 6000.
         store = MemoryStore(ttl_s=60, quota=Quota(max_bytes=6000, key_bytes=2500, key_records=4))
@@ -162,3 +160,16 @@ def test_default_quotas_derive_from_the_store() -> None:
     quota = Quota.of(max_bytes=64 * 1024 * 1024)
     assert (quota.key_bytes, quota.key_records) == (8 * 1024 * 1024, 8192)
     assert Quota.of(max_bytes=4096, key_bytes=10_000) == Quota(4096, 4096, 4)  # at most the store
+
+
+def test_a_full_store_of_keys_within_quota_loses_nothing_to_another_key() -> None:
+    """More keys than the quota's share: every key within its quota, the store full. A new
+    key's put must not evict any of theirs (before: the largest holder lost its oldest)."""
+    async def scenario() -> None:
+        store = MemoryStore(ttl_s=60, quota=Quota(max_bytes=6000, key_bytes=2500, key_records=4))
+        for owner in ("a", "b", "c"):
+            assert await store.put(f"{owner}0", owner, text(owner, 1900))
+        assert not await store.put("d0", "d", text("d", 900))  # over the cap: not kept
+        assert [await store.get(f"{owner}0") is not None for owner in "abcd"] == [True, True, True, False]
+
+    asyncio.run(scenario())
