@@ -8,10 +8,10 @@ import os
 
 import bentoml
 
-from components import bentoml_metrics
-from components.gateway import Gateway, GatewayMiddleware
-from components.keys_file import check_keys_file
-from components.settings_env import validate_settings
+from components.core.settings_env import validate_settings
+from components.edge import bentoml_metrics
+from components.edge.gateway import Gateway, GatewayMiddleware
+from components.edge.keys_file import check_keys_file
 
 logger = logging.getLogger("service")
 
@@ -36,9 +36,9 @@ bentoml_metrics.install()
 @bentoml.asgi_app(gateway.app, path="/")
 class LLMService:
     def __init__(self) -> None:
-        from components.logs import configure_logging
-        from components.runtime import Runtime
-        from components.settings_env import load_settings
+        from components.app.runtime import Runtime
+        from components.core.logs import configure_logging
+        from components.core.settings_env import load_settings
 
         settings = load_settings()
         configure_logging(settings.server.log_level)

@@ -30,9 +30,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.bundled_model import SERVED_NAME, ensure_converted  # noqa: E402
-from components.engine_spec import resolve_spec  # noqa: E402
-from components.settings import EngineSettings  # noqa: E402
+from components.core.bundled_model import SERVED_NAME, ensure_converted  # noqa: E402
+from components.core.settings import EngineSettings  # noqa: E402
+from components.vllm_adapter.engine_spec import resolve_spec  # noqa: E402
 from harness.otlp_receiver import OtlpReceiver  # noqa: E402
 from harness.server import free_port, host_cpu, start_server  # noqa: E402
 
@@ -193,7 +193,7 @@ def main() -> None:
 
     model_dir = str(ensure_converted(EngineSettings().cache_dir))  # type: ignore[call-arg]
     spec = resolve_spec(EngineSettings(), gpu_count=0, drain_seconds=30)  # type: ignore[call-arg]
-    # Raw vLLM gets the same engine arguments except our scheduler (components/engine_scheduler.py):
+    # Raw vLLM gets the same engine arguments except our scheduler (components/vllm_adapter/engine_scheduler.py):
     # its own stock one. (Without priority classes ours schedules the same; this keeps "raw" raw.)
     raw_args = list(spec.cli_args)
     if "--scheduler-cls" in raw_args:

@@ -13,11 +13,11 @@ import httpx
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from components.front_door import FrontDoor
-from components.keys import Policy
-from components.keys_file import PolicySource
-from components.ratelimit import RateLimiter
-from components.settings import LimitSettings
+from components.edge.front_door import FrontDoor
+from components.edge.keys import Policy
+from components.edge.keys_file import PolicySource
+from components.edge.ratelimit import RateLimiter
+from components.core.settings import LimitSettings
 from harness.server import free_port
 
 

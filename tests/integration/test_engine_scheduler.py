@@ -1,4 +1,4 @@
-"""components/engine_scheduler.py against vLLM's own scheduler and KV cache manager (real
+"""components/vllm_adapter/engine_scheduler.py against vLLM's own scheduler and KV cache manager (real
 parts, no model run): the bundled model's config, a real KV cache layout, and model outputs
 fed back as the engine core does."""
 
@@ -19,11 +19,11 @@ from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
 from vllm.v1.request import Request  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
-from components.bundled_model import ensure_converted  # noqa: E402
-from components.engine_scheduler import ClassFirstAsyncScheduler, ClassFirstScheduler, class_first_scheduler  # noqa: E402
-from components.engine_spec import SCHEDULER_CLS  # noqa: E402
-from components.settings import EngineSettings  # noqa: E402
-from components.vllm_hooks import CLASS_ARG  # noqa: E402
+from components.core.bundled_model import ensure_converted  # noqa: E402
+from components.vllm_adapter.engine_scheduler import ClassFirstAsyncScheduler, ClassFirstScheduler, class_first_scheduler  # noqa: E402
+from components.vllm_adapter.engine_spec import SCHEDULER_CLS  # noqa: E402
+from components.core.settings import EngineSettings  # noqa: E402
+from components.vllm_adapter.vllm_hooks import CLASS_ARG  # noqa: E402
 
 BLOCK = 16
 MAX_SEQS = 8

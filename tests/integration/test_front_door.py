@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.ratelimit import STORAGE_RETRY_S
+from components.edge.ratelimit import STORAGE_RETRY_S
 from harness.server import free_port, wait_until
 from tests.integration.conftest import (
     ALL_KEYS,
@@ -203,7 +203,7 @@ def test_paused_redis_degrades_to_each_replicas_share_and_recovers(tmp_path, cap
         assert during[b] == [200] * 3 + [429] * (limit - 3), during
         # One timeout per replica, not one per request (each would cost 0.4 s).
         assert paused_for < 0.4 * limit, paused_for
-        lines = [r.getMessage() for r in caplog.records if r.name == "components.ratelimit"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "components.edge.ratelimit"]
         assert sum("unavailable" in line for line in lines) == 2, lines  # once per replica and outage
         # Redis decides again once each replica tries it (STORAGE_RETRY_S after its failure).
         # Its window holds the 2 requests from before the pause, and may hold the replicas'
@@ -212,7 +212,7 @@ def test_paused_redis_degrades_to_each_replicas_share_and_recovers(tmp_path, cap
         assert wait_until(lambda: time.monotonic() > resumed + STORAGE_RETRY_S, 10)
         after = [get_models(a if i % 2 else b, MAIN_KEY).status_code for i in range(2 * limit)]
         assert 0 < after.count(200) <= limit - 2, after
-        assert any("is back" in r.getMessage() for r in caplog.records if r.name == "components.ratelimit")
+        assert any("is back" in r.getMessage() for r in caplog.records if r.name == "components.edge.ratelimit")
 
 
 def test_queue_overflow_gets_503_at_once_and_admitted_streams_complete(server) -> None:

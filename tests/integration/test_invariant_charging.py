@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.keys import key_id
+from components.edge.keys import key_id
 from harness.server import Server, wait_until
 from tests.integration.conftest import MAIN_KEY, MAX_NUM_SEQS
 

@@ -13,7 +13,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.settings import ResilienceSettings
+from components.core.settings import ResilienceSettings
 from tests.integration.conftest import MAIN_KEY, TOKENS_KEY, main_server_env
 
 PHRASES = ("out of memory", "CUDA out of memory. Tried to allocate 2.00 GiB", "CUDA error: out of memory",

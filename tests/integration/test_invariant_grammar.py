@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from components.settings import ApiSettings
+from components.core.settings import ApiSettings
 from harness.server import Server
 
 # A JSON-schema `pattern` whose grammar xgrammar (vLLM's default backend) builds in time

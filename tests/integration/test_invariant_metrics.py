@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from components.keys import key_id
+from components.edge.keys import key_id
 from harness.server import Server, running_server
 from tests.integration.conftest import ALL_KEYS
 

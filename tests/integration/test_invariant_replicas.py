@@ -13,10 +13,10 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from components.errors import RateLimited
-from components.ratelimit import RateLimiter
-from components.replicas import RedisReplicas, View
-from components.settings import LimitSettings
+from components.core.errors import RateLimited
+from components.edge.ratelimit import RateLimiter
+from components.edge.replicas import RedisReplicas, View
+from components.core.settings import LimitSettings
 from tests.integration.conftest import running_redis
 
 LIMIT = 10

@@ -20,11 +20,11 @@ import redis
 import yaml
 from hypothesis import given, settings
 
-from components.errors import RateLimited
-from components.ledger import TokenLimits
-from components.ratelimit import RateLimiter
-from components.response_store import RedisStore, store_for
-from components.settings import ApiSettings, LimitSettings
+from components.core.errors import RateLimited
+from components.edge.ledger import TokenLimits
+from components.edge.ratelimit import RateLimiter
+from components.edge.response_store import RedisStore, store_for
+from components.core.settings import ApiSettings, LimitSettings
 from tests.integration.conftest import running_redis
 from tests.unit.test_invariant_store import QUOTA, Op, check_invariants, ops_strategy
 

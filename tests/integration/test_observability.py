@@ -9,7 +9,7 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.metrics import ENDPOINTS
+from components.core.metrics import ENDPOINTS
 from tests.integration.conftest import MAIN_KEY
 
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]

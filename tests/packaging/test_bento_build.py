@@ -47,7 +47,7 @@ def test_gpu_bento_dockerfile(gpu_bento: Path) -> None:
     assert pins and all("==" in line for line in pins)
     bento_yaml = (gpu_bento / "bento.yaml").read_text()
     assert "nvidia-tesla-t4" in bento_yaml
-    assert (gpu_bento / "src/service.py").is_file() and (gpu_bento / "src/components/engine.py").is_file()
+    assert (gpu_bento / "src/service.py").is_file() and (gpu_bento / "src/components/vllm_adapter/engine.py").is_file()
 
 
 def test_gpu_bento_envs_are_t4_defaults(gpu_bento: Path) -> None:

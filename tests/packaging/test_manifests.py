@@ -81,7 +81,7 @@ def test_bentocloud_config() -> None:
 
 
 def test_the_example_keys_secret_is_a_valid_keys_file() -> None:
-    from components.keys_file import parse
+    from components.edge.keys_file import parse
 
     (secret,) = [doc for path, doc in documents() if doc["kind"] == "Secret" and path.name == "secret.example.yaml"]
     policy = parse(secret["stringData"]["keys.yaml"], "secret.example.yaml")

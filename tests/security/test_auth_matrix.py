@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from components.auth import PUBLIC_PATHS
+from components.edge.auth import PUBLIC_PATHS
 from tests.security.conftest import KEY
 
 OPEN = PUBLIC_PATHS | {"/metrics"}

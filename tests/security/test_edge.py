@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from components.auth import PUBLIC_PATHS
+from components.edge.auth import PUBLIC_PATHS
 from harness.server import BENTOML, ROOT, Server, free_port, running_server
 
 USER_KEY = "sk-edge-user-41c2e8"

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from components.request_fields import RANGES, numeric_paths
-from components.vllm_bridge import api_models, request_models
+from components.core.request_fields import RANGES, numeric_paths
+from components.vllm_adapter.vllm_bridge import api_models, request_models
 from harness.server import Server, running_server, wait_until
 
 KEY = "sk-ranges-suite-2b7c91"
@@ -242,7 +242,7 @@ def test_values_in_range_still_work(server: Server, model: str) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="pydantic's lax mode turns \"3\" and true into numbers before any code of "
-                   "ours sees the body; refusing them needs the raw JSON at the route (components/openai_app.py)")
+                   "ours sees the body; refusing them needs the raw JSON at the route (components/api/openai_app.py)")
 def test_coercible_types_are_refused(server: Server, model: str) -> None:
     failures = []
     for route in ("/v1/chat/completions", "/v1/messages"):

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from components.admission import LOW, STANDARD, Admission, engine_priority
-from components.errors import InvalidRequest, Overloaded, RateLimited, Unavailable
+from components.capacity.admission import LOW, STANDARD, Admission, engine_priority
+from components.core.errors import InvalidRequest, Overloaded, RateLimited, Unavailable
 
 WAIT = 10.0
 

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Scope, Send
 
-from components.anthropic import AnthropicStream
-from components.anthropic_errors import AnthropicErrors
-from components.errors import RateLimited, render_json
-from components.responses import send_error
-from components.vllm_bridge import Stream
+from components.api.anthropic import AnthropicStream
+from components.edge.anthropic_errors import AnthropicErrors
+from components.core.errors import RateLimited, render_json
+from components.core.responses import send_error
+from components.vllm_adapter.vllm_bridge import Stream
 
 
 def run(app, path: str) -> list[Message]:  # type: ignore[no-untyped-def]

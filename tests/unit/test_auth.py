@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.auth import AuthMiddleware, presented_key
-from components.keys import Policy, key_id
-from components.keys_file import PolicySource
+from components.edge.auth import AuthMiddleware, presented_key
+from components.edge.keys import Policy, key_id
+from components.edge.keys_file import PolicySource
 
 
 def test_keys_are_kept_as_digests_and_identified() -> None:

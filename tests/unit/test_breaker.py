@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.breaker import CircuitBreaker, State
-from components.errors import Unavailable
+from components.capacity.breaker import CircuitBreaker, State
+from components.core.errors import Unavailable
 
 
 class Clock:

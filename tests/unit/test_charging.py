@@ -19,8 +19,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.generation import charge
-from components.vllm_hooks import Delivery, EngineTags, engine_tags, install_engine_tags
+from components.api.generation import charge
+from components.vllm_adapter.vllm_hooks import Delivery, EngineTags, engine_tags, install_engine_tags
 
 
 class Engine:

@@ -47,6 +47,6 @@ def test_every_test_the_threat_model_names_exists() -> None:
 
 def test_the_architecture_page_names_every_module() -> None:
     text = (ROOT / "docs/architecture.md").read_text()
-    missing = [path.name for path in sorted((ROOT / "components").glob("*.py"))
-               if path.stem != "__init__" and f"`components/{path.name}`" not in text]
+    missing = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "components").glob("*/*.py"))
+               if path.stem != "__init__" and f"`{path.relative_to(ROOT)}`" not in text]
     assert missing == [], f"docs/architecture.md does not name {missing}"

@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 
-from components.auth import PUBLIC_PATHS
-from components.errors import RateLimited
-from components.front_door import FrontDoor
-from components.keys import Policy
-from components.keys_file import PolicySource
-from components.ledger import TokenLimits
-from components.middleware import BodyLimitMiddleware
-from components.ratelimit import RateLimiter
-from components.redact import redact_uri as _redact_uri
-from components.redact import redacted
-from components.settings import LimitSettings
-from components.settings_env import SettingsError, load_settings
+from components.edge.auth import PUBLIC_PATHS
+from components.core.errors import RateLimited
+from components.edge.front_door import FrontDoor
+from components.edge.keys import Policy
+from components.edge.keys_file import PolicySource
+from components.edge.ledger import TokenLimits
+from components.edge.middleware import BodyLimitMiddleware
+from components.edge.ratelimit import RateLimiter
+from components.core.redact import redact_uri as _redact_uri
+from components.core.redact import redacted
+from components.core.settings import LimitSettings
+from components.core.settings_env import SettingsError, load_settings
 
 USER, OTHER, ADMIN = "sk-user-1111", "sk-other-2222", "sk-admin-3333"
 STAINLESS = (

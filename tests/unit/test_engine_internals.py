@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from components import engine
+from components.vllm_adapter import engine
 
 
 def fake_engine(pids: list[int], unfinished: int) -> SimpleNamespace:
@@ -33,7 +33,7 @@ def test_a_moved_internal_is_logged_once_and_counted_every_time(caplog: pytest.L
     engine._reported.clear()
     missing: list[str] = []
     moved = SimpleNamespace(engine_core=SimpleNamespace(), errored=False)  # no resources, no output_processor
-    with caplog.at_level(logging.ERROR, logger="components.engine"):
+    with caplog.at_level(logging.ERROR, logger="components.vllm_adapter.engine"):
         assert engine.engine_core_pids(moved, missing.append) == []
         assert engine.engine_core_pids(moved, missing.append) == []
         assert engine.unfinished_requests(moved, missing.append) is None

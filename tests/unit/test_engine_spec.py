@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from components import bundled_model
-from components.engine_spec import default_tool_parser, resolve_spec
-from components.openai_app import build_aliases
-from components.settings import DEFAULT_GPU_MODEL, EngineSettings
+from components.core import bundled_model
+from components.vllm_adapter.engine_spec import default_tool_parser, resolve_spec
+from components.api.openai_app import build_aliases
+from components.core.settings import DEFAULT_GPU_MODEL, EngineSettings
 
 
 def engine_settings(**env: str) -> EngineSettings:
@@ -48,7 +48,7 @@ def test_model_path_wins_and_settings_reach_the_args() -> None:
 def test_the_first_step_rule_is_on_for_cpus_by_default(env: dict[str, str], gpus: int, on: bool) -> None:
     args = resolve_spec(engine_settings(**env), gpu_count=gpus).cli_args
     assert args[args.index("--scheduling-policy") + 1] == "priority"
-    assert (args[args.index("--scheduler-cls") + 1] == "components.engine_scheduler.class_first_scheduler"
+    assert (args[args.index("--scheduler-cls") + 1] == "components.vllm_adapter.engine_scheduler.class_first_scheduler"
             if on else "--scheduler-cls" not in args)
 
 
@@ -76,7 +76,7 @@ def test_aliases_default_and_reject_unknown_targets() -> None:
 
 
 def test_engine_args_parse_with_vllms_own_parser() -> None:
-    from components.engine import parse_engine_args
+    from components.vllm_adapter.engine import parse_engine_args
 
     args = parse_engine_args(resolve_spec(engine_settings(MAX_NUM_SEQS="3"), 0))
     assert args.max_num_seqs == 3 and args.enforce_eager is True
@@ -113,7 +113,7 @@ def test_explicit_dtype_wins_and_gpu_keeps_auto() -> None:
 def test_host_cpu_flags_reads_proc_cpuinfo_format(tmp_path) -> None:  # type: ignore[no-untyped-def]
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 amx_bf16\n")
-    from components.host import host_cpu_flags
+    from components.core.host import host_cpu_flags
 
     assert host_cpu_flags(str(info)) == {"fpu", "avx2", "amx_bf16"}
     assert host_cpu_flags(str(tmp_path / "missing")) == frozenset()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from components import errors
+from components.core import errors
 
 
 def test_body_has_openai_shape() -> None:
@@ -20,7 +20,7 @@ def test_sse_rendering_ends_the_stream() -> None:
 
 
 def test_vllms_wording_is_read_by_the_bridge_only() -> None:
-    from components.vllm_errors import from_error_info
+    from components.vllm_adapter.vllm_errors import from_error_info
 
     context = from_error_info(400, "This model's maximum context length is 4096", None)
     assert isinstance(context, errors.ContextLengthExceeded)
@@ -46,7 +46,7 @@ def test_a_status_and_text_never_make_an_engine_fault() -> None:
 
 
 def test_vllms_fault_words_do_not_name_a_fault() -> None:
-    from components.vllm_errors import from_error_info
+    from components.vllm_adapter.vllm_errors import from_error_info
 
     for status in (500, 503):
         for text in ("CUDA out of memory. Tried to allocate 2.00 GiB", "EngineCore encountered an issue."):

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.errors import EngineDead, EngineOutOfMemory, ServiceError
+from components.core.errors import EngineDead, EngineOutOfMemory, ServiceError
 
 # What a client can make vLLM echo, and what the old text match looked for.
 PHRASES = ("out of memory", "CUDA out of memory. Tried to allocate 2.00 GiB", "CUDA error: out of memory",
@@ -108,7 +108,7 @@ def test_each_class_maps_by_its_type_as_vllm_does_whatever_its_text(text: str) -
     EngineDeadError, whatever the message says."""
     from vllm.v1.engine.exceptions import EngineDeadError
 
-    from components.vllm_errors import to_service_error
+    from components.vllm_adapter.vllm_errors import to_service_error
 
     for cls in [*vllm_classes(), *builtin_classes()]:
         exc = make(cls, text)
@@ -123,7 +123,7 @@ def test_each_class_maps_by_its_type_as_vllm_does_whatever_its_text(text: str) -
 
 
 def test_the_table_has_one_row_per_class_and_no_row_hides_a_later_one() -> None:
-    from components.vllm_errors import error_table
+    from components.vllm_adapter.vllm_errors import error_table
 
     kinds = [kind for kind, _ in error_table()]
     assert len(kinds) == len(set(kinds))
@@ -136,7 +136,7 @@ def test_the_table_has_one_row_per_class_and_no_row_hides_a_later_one() -> None:
 
 
 def test_the_status_of_each_row_matches_vllms_own_server() -> None:
-    from components.vllm_errors import error_table, to_service_error
+    from components.vllm_adapter.vllm_errors import error_table, to_service_error
 
     engine_rows = {"EngineDeadError", "EngineGenerateError", "MemoryError", "OutOfMemoryError"}
     for kind, _ in error_table():
@@ -150,7 +150,7 @@ def test_out_of_memory_is_a_type_raised_by_the_engine() -> None:
     import torch
     from vllm.v1.engine.exceptions import EngineGenerateError
 
-    from components.vllm_errors import is_out_of_memory, to_service_error
+    from components.vllm_adapter.vllm_errors import is_out_of_memory, to_service_error
 
     def wrapped(cause: BaseException) -> EngineGenerateError:
         # As AsyncLLM.generate() raises it: `raise EngineGenerateError() from e`.
@@ -176,7 +176,7 @@ def test_engine_death_is_its_type_whatever_its_text() -> None:
     from vllm.exceptions import VLLMServerError
     from vllm.v1.engine.exceptions import EngineDeadError
 
-    from components.vllm_errors import to_service_error
+    from components.vllm_adapter.vllm_errors import to_service_error
 
     assert isinstance(to_service_error(EngineDeadError()), EngineDead)
     dead_words = str(EngineDeadError())
@@ -188,7 +188,7 @@ def test_the_logit_bias_echo_of_the_report_is_a_400() -> None:
     """The attack of issue #24: vLLM's own validation error for `logit_bias: {"out of memory": 1}`."""
     from vllm.sampling_params import SamplingParams
 
-    from components.vllm_errors import to_service_error
+    from components.vllm_adapter.vllm_errors import to_service_error
 
     with pytest.raises(Exception) as raised:
         SamplingParams.from_optional(logit_bias={"out of memory": 1.0})
@@ -208,7 +208,7 @@ def test_no_text_in_any_non_engine_exception_makes_an_engine_fault(
 ) -> None:
     from vllm.v1.engine.exceptions import EngineDeadError
 
-    from components.vllm_errors import to_service_error
+    from components.vllm_adapter.vllm_errors import to_service_error
 
     classes = [cls for cls in [*vllm_classes(), *builtin_classes()] if cls is not EngineDeadError]
     exc = make(classes[index % len(classes)], text)
@@ -223,7 +223,7 @@ def test_no_error_response_makes_an_engine_fault(status: int, text: str, param: 
     """vLLM's ErrorResponse carries only a code and text: never an engine fault."""
     from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 
-    from components.vllm_errors import from_error_info
+    from components.vllm_adapter.vllm_errors import from_error_info
 
     response = ErrorResponse(error=ErrorInfo(message=text, type="InternalServerError", code=status, param=param))
     # As OpenAIBridge.call maps it.
@@ -238,7 +238,7 @@ def test_no_error_response_makes_an_engine_fault(status: int, text: str, param: 
        tail=st.sampled_from(["\n\n", "\n\ndata: [DONE]\n\n", "", "garbage"]))
 def test_no_stream_error_event_makes_an_engine_fault(code: object, text: str, kind: str, tail: str) -> None:
     """An error event inside a stream is text: at most a ServingFailure."""
-    from components.vllm_errors import error_from_event
+    from components.vllm_adapter.vllm_errors import error_from_event
 
     event = f'data: {json.dumps({"error": {"message": text, "type": kind, "param": None, "code": code}})}{tail}'
     assert not is_engine_fault(error_from_event(event))
@@ -251,8 +251,8 @@ def test_a_stream_error_event_is_the_engines_death_only_when_the_engine_says_so(
     that names it is the engine client's own state, never the event's words."""
     import asyncio
 
-    from components.vllm_bridge import Stream
-    from components.vllm_errors import error_from_event
+    from components.vllm_adapter.vllm_bridge import Stream
+    from components.vllm_adapter.vllm_errors import error_from_event
 
     def event(code: int, message: str) -> str:
         return f'data: {json.dumps({"error": {"message": message, "type": "X", "param": None, "code": code}})}\n\n'

@@ -1,4 +1,4 @@
-"""The range table (components/request_fields.py `RANGES`) against vLLM's own request models
+"""The range table (components/core/request_fields.py `RANGES`) against vLLM's own request models
 and sampling parameters: every numeric field of every route's model has a range (a vLLM
 upgrade that adds one fails here), no range admits what vLLM's models or SamplingParams
 refuse, and `out_of_range` finds every refused value wherever the model nests it."""
@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from vllm.exceptions import VLLMValidationError
 
-from components.errors import InvalidRequest
-from components.request_fields import INT64_MAX, INT64_MIN, RANGES, Range, numeric_paths, out_of_range
-from components.validation import check_ranges
-from components.vllm_bridge import api_models, request_models
+from components.core.errors import InvalidRequest
+from components.core.request_fields import INT64_MAX, INT64_MIN, RANGES, Range, numeric_paths, out_of_range
+from components.api.validation import check_ranges
+from components.vllm_adapter.vllm_bridge import api_models, request_models
 
 ChatRequest, CompletionRequest, _ = request_models()
 MessagesRequest, CountTokensRequest, ResponsesRequest, TokenizeRequest, DetokenizeRequest = api_models()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from components.gateway import Gateway, GatewayMiddleware
+from components.edge.gateway import Gateway, GatewayMiddleware
 
 
 def test_front_door_stays_after_uninstall_and_the_api_answers_503() -> None:

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from components.errors import ClientClosed, GenerationTimeout, InvalidRequest, StreamStalled
-from components.interrupts import Interrupts, Writer
+from components.core.errors import ClientClosed, GenerationTimeout, InvalidRequest, StreamStalled
+from components.api.interrupts import Interrupts, Writer
 
 
 def never_disconnects():  # type: ignore[no-untyped-def]

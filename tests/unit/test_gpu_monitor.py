@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from components.gpu_monitor import GIB, GpuMonitor
+from components.edge.gpu_monitor import GIB, GpuMonitor
 
 
 class FakeNvml:

@@ -1,4 +1,4 @@
-"""components/grammar_guard.py: every grammar field of every route is found, a build or
+"""components/api/grammar_guard.py: every grammar field of every route is found, a build or
 compile past the limit is stopped (its worker process killed) and refused with the field
 named, a grammar that cannot compile is a 400 naming it, and what was built in time is
 recorded for the request's own validation."""
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.errors import InvalidRequest, Overloaded
-from components.grammar_guard import GrammarGuard, Spec, grammar_specs
-from components.vllm_hooks import built_grammars, grammar_key
+from components.core.errors import InvalidRequest, Overloaded
+from components.api.grammar_guard import GrammarGuard, Spec, grammar_specs
+from components.vllm_adapter.vllm_hooks import built_grammars, grammar_key
 
 # The integration test's pattern: tens of seconds for xgrammar (tests/integration/test_invariant_grammar.py).
 PATHOLOGICAL = json.dumps({"type": "string", "pattern": ".{8000}"})
@@ -118,7 +118,7 @@ def test_no_free_worker_within_the_limit_is_a_503() -> None:
 
 
 def test_what_was_built_in_time_is_recorded_for_the_request_and_only_that(tokenizer: str) -> None:
-    """vLLM's validation skips exactly the builds recorded here (components/vllm_hooks.py):
+    """vLLM's validation skips exactly the builds recorded here (components/vllm_adapter/vllm_hooks.py):
     the ones this request's worker completed, keyed by builder and source. The record is
     the request's own and is replaced, never grown, by the next check: whatever a key
     sends, it holds no more than one request's grammars and is gone with the request."""

@@ -15,9 +15,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.health import Snapshot, health_document
-from components.keys import Policy
-from components.keys_file import PolicySource, parse
+from components.edge.health import Snapshot, health_document
+from components.edge.keys import Policy
+from components.edge.keys_file import PolicySource, parse
 
 POOL = [f"sk-pool-key-{i}" for i in range(4)]
 IDS = ["team-a", "team-b", "team-c", "ops"]

@@ -1,4 +1,4 @@
-"""The response store's per-owner bound, as a property (components/response_store.py).
+"""The response store's per-owner bound, as a property (components/edge/response_store.py).
 
 Rule: every shared store has a per-owner bound. A key over its quota (bytes or records)
 loses its own oldest records; the global cap evicts from the key holding the most, so a
@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.response_store import MemoryStore, Quota
+from components.edge.response_store import MemoryStore, Quota
 
 QUOTA = Quota(max_bytes=4000, key_bytes=2500, key_records=4)
 OWNERS = ("a", "b", "c")

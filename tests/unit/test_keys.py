@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.keys import PRIORITY_CLASSES, KeyPolicy, Policy, digest
-from components.keys_file import PolicySource, parse
+from components.edge.keys import PRIORITY_CLASSES, KeyPolicy, Policy, digest
+from components.edge.keys_file import PolicySource, parse
 
 
 def sha(key: str) -> str:

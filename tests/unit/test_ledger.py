@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from components.errors import QuotaExceeded, TokensLimited
-from components.ledger import Ledger, TokenLimits
+from components.core.errors import QuotaExceeded, TokensLimited
+from components.edge.ledger import Ledger, TokenLimits
 
 
 class Clock:
@@ -93,7 +93,7 @@ def test_with_the_storage_down_a_replica_charges_alone_within_its_share() -> Non
     replicas' shares add up to the limit). Before: an uncharged hold, every request admitted."""
     import socket
 
-    from components.ledger import RedisLedger
+    from components.edge.ledger import RedisLedger
 
     with socket.socket() as sock:  # a port nobody listens on: every call fails at once
         sock.bind(("127.0.0.1", 0))

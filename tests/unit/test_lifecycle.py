@@ -4,10 +4,10 @@ import asyncio
 
 import pytest
 
-from components.admission import Admission
-from components.breaker import CircuitBreaker, State
-from components.errors import ClientClosed, EngineDead, GenerationTimeout, InvalidRequest, Unavailable
-from components.lifecycle import Gate
+from components.capacity.admission import Admission
+from components.capacity.breaker import CircuitBreaker, State
+from components.core.errors import ClientClosed, EngineDead, GenerationTimeout, InvalidRequest, Unavailable
+from components.capacity.lifecycle import Gate
 
 
 def test_only_engine_faults_are_engine_faults() -> None:
@@ -111,7 +111,7 @@ def test_drain_waits_then_aborts_what_is_left() -> None:
 def test_out_of_memory_is_a_503_engine_fault_reported_once() -> None:
     import torch
 
-    from components.vllm_bridge import to_service_error
+    from components.vllm_adapter.vllm_bridge import to_service_error
 
     # An out-of-memory is a type the engine raises, never words in a message.
     error = to_service_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
@@ -134,7 +134,7 @@ def test_out_of_memory_is_a_503_engine_fault_reported_once() -> None:
 def test_only_engine_death_and_out_of_memory_are_engine_faults() -> None:
     from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-    from components.vllm_bridge import to_service_error
+    from components.vllm_adapter.vllm_bridge import to_service_error
 
     bug = to_service_error(IndexError("list index out of range"))
     assert bug.status == 500 and not bug.engine_fault

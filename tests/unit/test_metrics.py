@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.metrics import HIDDEN_KEY, Metrics
+from components.core.metrics import HIDDEN_KEY, Metrics
 
 
 def key_ids(metrics: Metrics) -> set[str]:

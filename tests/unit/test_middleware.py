@@ -3,8 +3,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from components.context import request_context
-from components.middleware import RequestIdMiddleware
+from components.core.context import request_context
+from components.edge.middleware import RequestIdMiddleware
 
 
 def run(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], dict[bytes, bytes]]:

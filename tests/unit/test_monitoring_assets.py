@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.metrics import Metrics
+from components.core.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

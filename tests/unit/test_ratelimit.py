@@ -4,12 +4,12 @@ import asyncio
 
 import pytest
 
-from components.errors import RateLimited
-from components.keys import Policy
-from components.ledger import TokenLimits
-from components.ratelimit import RateLimiter, Window, openai_duration
-from components.replicas import RedisReplicas, Replicas
-from components.settings import LimitSettings
+from components.core.errors import RateLimited
+from components.edge.keys import Policy
+from components.edge.ledger import TokenLimits
+from components.edge.ratelimit import RateLimiter, Window, openai_duration
+from components.edge.replicas import RedisReplicas, Replicas
+from components.core.settings import LimitSettings
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.replicas import RedisReplicas, Replicas, View, replicas_for, share
-from components.settings import LimitSettings
+from components.edge.replicas import RedisReplicas, Replicas, View, replicas_for, share
+from components.core.settings import LimitSettings
 
 
 @settings(derandomize=True, max_examples=300, deadline=None)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from components.errors import Unavailable
-from components.response_store import MemoryStore, Quota, RedisStore, store_for
-from components.settings import ApiSettings, LimitSettings
+from components.core.errors import Unavailable
+from components.edge.response_store import MemoryStore, Quota, RedisStore, store_for
+from components.core.settings import ApiSettings, LimitSettings
 
 
 class Clock:
@@ -93,7 +93,7 @@ def test_the_store_goes_where_responses_store_uri_says_else_with_the_limits() ->
 def test_keys_off_one_tenant_may_use_the_whole_store_by_default() -> None:
     from types import SimpleNamespace
 
-    from components.response_store import store_for
+    from components.edge.response_store import store_for
 
     limits = SimpleNamespace(responses_store_uri=None, storage_uri="memory://", storage_timeout_s=1)
     api = SimpleNamespace(responses_max_bytes=1 << 20, responses_key_max_bytes=None, responses_key_max_records=None,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from components.runtime import Runtime
-from components.settings_env import load_settings
+from components.app.runtime import Runtime
+from components.core.settings_env import load_settings
 
 
 def test_shutdown_without_startup_is_idempotent() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.settings_env import SettingsError, load_settings
+from components.core.settings_env import SettingsError, load_settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

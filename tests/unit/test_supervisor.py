@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from components.admission import Admission
-from components.breaker import CircuitBreaker, State
-from components.errors import EngineDead, Unavailable
-from components.health import Snapshot, health_document, readiness
-from components.lifecycle import Gate
-from components.supervisor import FORCE_EXIT_GRACE_S, Supervisor
+from components.capacity.admission import Admission
+from components.capacity.breaker import CircuitBreaker, State
+from components.core.errors import EngineDead, Unavailable
+from components.edge.health import Snapshot, health_document, readiness
+from components.capacity.lifecycle import Gate
+from components.app.supervisor import FORCE_EXIT_GRACE_S, Supervisor
 
 
 class FakeEngine:

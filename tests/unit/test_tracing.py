@@ -5,9 +5,9 @@ import asyncio
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from components import tracing
-from components.context import RequestContext, request_context
-from components.tracing import TraceMiddleware, Tracing
+from components.edge import tracing
+from components.core.context import RequestContext, request_context
+from components.edge.tracing import TraceMiddleware, Tracing
 
 SAMPLED_PARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from components.vllm_hooks import (
+from components.vllm_adapter.vllm_hooks import (
     CLASS_ARG,
     Delivery,
     EngineTags,

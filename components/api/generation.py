@@ -1,0 +1,207 @@
+"""A generation request from validation to its last byte.
+
+The route validates the request into a frozen `Generation` (components/api/validation.py);
+only that type reaches admission. `GenerationResponse` then admits it, reserves its tokens
+once vLLM has counted the prompt, runs it in the engine and writes it out, under one `Pass`
+(see lifecycle) that owns the slot until the engine request ends, and settles the tokens
+once, however it ends. A client that disconnects is recorded as 499; one that stops
+reading for STREAM_STALL_TIMEOUT_SECONDS loses its connection and its engine request.
+Every path ends the ASGI call promptly with a response or a closed socket.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from components.api.interrupts import Interrupts, Writer
+from components.api.validation import Generation, requested_max_tokens, reservation
+from components.capacity.lifecycle import Gate, Pass
+from components.core.context import RequestContext, request_context
+from components.core.errors import ClientClosed, ServiceError, StreamStalled, render_sse
+from components.core.request_fields import declared
+from components.core.responses import send_error
+from components.edge.ledger import Hold, Ledger, settle_quietly
+from components.edge.tracing import span
+from components.vllm_adapter.vllm_bridge import Stream
+from components.vllm_adapter.vllm_hooks import Delivery, EngineTags, client_chose_max_tokens, engine_tags, on_rendered
+
+Call = Callable[[Any, Request], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a route's answers look: a finished generation's body, and an error event inside
+    a stream. OpenAI's by default; components/api/anthropic.py builds Anthropic's."""
+
+    body: Callable[[Any], Any] = lambda result: result.model_dump(mode="json")
+    stream_error: Callable[[ServiceError], str] = render_sse
+    # The event that ends a stream whose usage is known: the tokens are settled there,
+    # before the last byte, so that the key's next request sees its window as this left it.
+    last_event: str = "data: [DONE]"
+    # The usage of a finished generation, in the chat shape that metrics, logs and the ledger read.
+    usage: Callable[[Any], dict[str, Any] | None] = lambda result: (
+        result.usage.model_dump() if getattr(result, "usage", None) else None)
+    # Events a stream sends before the engine has produced anything: not its first token.
+    ttft_skip: tuple[str, ...] = ()
+
+
+OPENAI = Dialect()
+
+
+def charge(delivery: Delivery, reserved: int) -> int:
+    """What a generation is charged: every token the engine produced for it (each prompt
+    once, every choice's tokens, counted from the engine's token ids), however it ended; so
+    never less than was delivered, and never more than was reserved. Nothing reached the
+    engine (a refusal): nothing. A non-streaming request cut off before its one output: how
+    far the engine got is not known, so the whole reservation."""
+    return reserved if delivery.unknown else min(reserved, delivery.total)
+
+
+def cache_salt(policy: Any) -> str | None:
+    """The prefix-cache partition of a key's requests (`KeyPolicy.cache_scope`: its
+    `cache_group`, or the key itself). A prefix cached in one partition is never a hit in
+    another, so neither `cached_tokens` nor the time to first token tells a key what another
+    sent. Keys off: one partition (one tenant)."""
+    return None if policy is None else f"tenant:{policy.cache_scope}"
+
+
+class GenerationResponse(Response):
+    def __init__(
+        self, generation: Generation, request: Request, call: Call, gate: Gate, stall_timeout_s: float,
+        ledger: Ledger | None = None, dialect: Dialect = OPENAI,
+    ) -> None:
+        self.dialect = dialect
+        self.generation = generation
+        self.request = request
+        self.call = call
+        self.gate = gate
+        self.stall_timeout_s = stall_timeout_s
+        self.ledger = ledger
+        self.background = None
+        self._hold: Hold | None = None
+        self._delivery = Delivery()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The token reservation, if any, is made once vLLM has counted the prompts and is
+        settled here, once, however the request ends."""
+        ctx = request_context(scope)
+        reserving = on_rendered.set(self._reserve) if self._reserving else None
+        try:
+            await self._run(ctx, receive, send)
+        finally:
+            if reserving is not None:
+                on_rendered.reset(reserving)
+            if self._hold is not None:
+                await settle_quietly(self._hold, self._used(self._hold))
+
+    @property
+    def _reserving(self) -> bool:
+        return bool(self.generation.token_limits and self.ledger)
+
+    async def _reserve(self, prompt_lengths: list[int], max_model_len: int) -> None:
+        gen, body = self.generation, self.generation.body
+        n = declared(body, "n") or 1
+        amount = reservation(prompt_lengths, max_model_len, n, requested_max_tokens(body))
+        if self.ledger is not None and gen.token_limits is not None:
+            self._hold = await self.ledger.reserve(gen.key, amount, gen.token_limits)
+
+    def _used(self, hold: Hold) -> int:
+        return charge(self._delivery, hold.amount)
+
+    async def _run(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
+        write = Writer(send, self.stall_timeout_s, ctx.wire_send)
+        gen = self.generation
+        try:
+            async with Interrupts(receive, write) as interrupts:
+                with span(ctx, "queue"):
+                    ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight,
+                                                   gen.priority)
+                ticket.interrupt = interrupts.interrupt
+                gen.body.priority = ticket.slot.priority
+                async with ticket:
+                    with span(ctx, "engine"):
+                        # Until the response is written: a streamed Responses request reaches
+                        # the engine (and vLLM's context check) only once its stream is read.
+                        chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
+                        tags = engine_tags.set(EngineTags(ticket.slot.klass, cache_salt(ctx.policy),
+                                                          self._delivery if self._reserving else None))
+                        try:
+                            result = await self.call(gen.body, self.request)
+                            if gen.stream:
+                                await self._stream(result, ticket, write, ctx)
+                            else:
+                                await self._respond(result, ticket, write, ctx)
+                        finally:
+                            engine_tags.reset(tags)
+                            client_chose_max_tokens.reset(chosen)
+        except ServiceError as error:
+            await self._fail(error, write, ctx)
+
+    async def _settle_now(self) -> None:
+        """Settle as soon as the engine's count is known, before the last byte goes out: a
+        client's next request then sees its window as this one left it."""
+        if self._hold is not None:
+            await settle_quietly(self._hold, self._used(self._hold))
+
+    async def _respond(self, result: Any, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
+        ticket.engine_finished()
+        ctx.usage = self.dialect.usage(result)
+        choices = getattr(result, "choices", None) or []
+        ctx.finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
+        ttft_ms = getattr(getattr(result, "metrics", None), "time_to_first_token_ms", None)
+        ctx.ttft_s = ttft_ms / 1000 if ttft_ms is not None else None
+        await self._settle_now()
+        await write.json(json.dumps(self.dialect.body(result), ensure_ascii=False).encode())
+
+    async def _stream(self, stream: Stream, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
+        stream.forward_usage = self.generation.forward_usage
+        gen = self.generation
+        stream.strip_continuous_usage = gen.token_limits is not None and not gen.client_continuous_usage
+        stream.on_finished = ticket.engine_finished
+        try:
+            await write({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")],
+            })
+            first = True
+            async for event in stream:
+                if first and not (self.dialect.ttft_skip and event.startswith(self.dialect.ttft_skip)):
+                    first = False
+                    ctx.ttft_s = time.perf_counter() - ctx.started
+                if event.startswith(self.dialect.last_event) and stream.usage is not None:
+                    ctx.usage = stream.usage
+                    await self._settle_now()
+                await write({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            await write({"type": "http.response.body", "body": b""})
+        finally:
+            if stream.error is not None:
+                ticket.record_error(stream.error)
+                ctx.error_type = stream.error.code
+            ctx.usage = stream.usage
+            # Closing vLLM's generator aborts the engine request if it is still running.
+            await stream.aclose()
+
+    async def _fail(self, error: ServiceError, write: Writer, ctx: RequestContext) -> None:
+        ctx.error_type = error.code
+        if isinstance(error, ClientClosed):
+            ctx.status = ClientClosed.status
+        if isinstance(error, StreamStalled):
+            return  # the socket is full: uvicorn closes the connection when we return
+        try:
+            if not write.started:
+                # Also for a disconnected client (uvicorn drops it): a response start ends
+                # every wrapper's wait, BentoML's timeout middleware included.
+                await send_error(write, error)
+            elif not isinstance(error, ClientClosed):
+                await write({"type": "http.response.body", "body": self.dialect.stream_error(error).encode()})
+        except StreamStalled:
+            return

@@ -1,0 +1,2 @@
+"""Core: settings, the error taxonomy, the request context, metrics, logs and host facts; imports
+nothing else of ours."""

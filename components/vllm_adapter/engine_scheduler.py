@@ -1,0 +1,98 @@
+"""vLLM 0.32's scheduler (internal API, pinned) with one rule added for the priority classes:
+the step that starts a request runs without the running requests of a lower class.
+
+Why: an engine step costs more the more sequences it carries, and on CPUs much more
+(measured on 2 cores, `docs/benchmarks.md`: a 37-token prefill alone 26 ms, beside six batch
+decodes 35 ms). vLLM's priority policy orders the waiting queue, but the first step of an
+interactive request still carries every batch sequence running. Here that one step carries
+only the requests of its class or above; the lower ones skip that step (they keep their KV
+cache and their place, and continue on the next) and lose one step's time per such start.
+Each request gets this at most once, and never two steps in a row: however fast
+higher-class requests arrive, the lower classes run at least every other step, so none
+starves. On by default on CPUs only (PRIORITY_FIRST_STEP_ALONE): on a GPU a decode batch
+adds little to a prefill's step, and the lower classes would lose a step for little.
+
+The class comes with each request in `SamplingParams.extra_args` (CLASS_ARG), set by the
+service for every request it sends (components/vllm_adapter/vllm_hooks.py); a request without it is
+never held and never holds others. No library offers this: vLLM's scheduler is the only
+place where a step's batch is chosen, and `--scheduler-cls` is its documented extension
+point. This module runs in vLLM's engine core process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import SchedulingPolicy
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request, RequestStatus
+
+from components.vllm_adapter.vllm_hooks import CLASS_ARG
+
+_STARTED = "_service_class_step_done"
+
+
+def request_class(request: Request) -> int | None:
+    params = request.sampling_params
+    extra = params.extra_args if params is not None else None
+    value = extra.get(CLASS_ARG) if extra else None
+    return value if isinstance(value, int) else None
+
+
+def class_first_scheduler(*, vllm_config: Any, **kwargs: Any) -> Scheduler:
+    """What `--scheduler-cls` names: vLLM calls it as it would call its scheduler class. The
+    asynchronous variant where vLLM schedules asynchronously (its default on GPUs), which
+    it decides only once the config is complete."""
+    cls = ClassFirstAsyncScheduler if vllm_config.scheduler_config.async_scheduling else ClassFirstScheduler
+    return cls(vllm_config=vllm_config, **kwargs)
+
+
+class ClassFirstScheduler(Scheduler):
+    _held_last_step = False
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        plan = self._plan_for_this_step()
+        if plan is None:
+            return super().schedule(*args, **kwargs)
+        klass, held = plan
+        # vLLM's own way to skip a running request for one step (its diffusion scheduler's):
+        # it keeps its place in `running`, so the next step serves it in order, and it stays
+        # the first to be preempted should the KV cache run out.
+        for request in held:
+            request.next_decode_eligible_step = max(request.next_decode_eligible_step, self.current_step + 2)
+        # Nor may this step start a waiting request of a lower class (the other prompts of a
+        # batch request, say) in the room the held ones leave.
+        eligible = sum(1 for request in self.waiting
+                       if (other := request_class(request)) is not None and other <= klass)
+        active_limit = self.max_num_active_reqs
+        self.max_num_active_reqs = min(active_limit,
+                                       len(self.running) + self.num_waiting_for_streaming_input + eligible)
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            self.max_num_active_reqs = active_limit
+
+    def _plan_for_this_step(self) -> tuple[int, list[Request]] | None:
+        """(class, the running requests of a lower class) when the next waiting request is
+        new (nothing computed), has not had its step yet and has room to start, and the last
+        step held nobody."""
+        if self._held_last_step:
+            self._held_last_step = False
+            return None
+        if self.policy != SchedulingPolicy.PRIORITY or not self.running or not self.waiting:
+            return None
+        if len(self.running) + self.num_waiting_for_streaming_input >= self.max_num_active_reqs:
+            return None
+        upcoming = self.waiting.peek_request()
+        klass = request_class(upcoming)
+        if (klass is None or upcoming.status != RequestStatus.WAITING or upcoming.num_computed_tokens
+                or getattr(upcoming, _STARTED, False)):
+            return None
+        setattr(upcoming, _STARTED, True)
+        held = [request for request in self.running if (other := request_class(request)) is not None and other > klass]
+        self._held_last_step = bool(held)
+        return (klass, held) if held else None
+
+
+class ClassFirstAsyncScheduler(ClassFirstScheduler, AsyncScheduler):
+    """The same rule over vLLM's asynchronous scheduler (its output placeholders)."""
