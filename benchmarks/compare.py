@@ -30,8 +30,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.core.bundled_model import SERVED_NAME, ensure_converted  # noqa: E402
 from components.core.settings import EngineSettings  # noqa: E402
+from components.vllm_adapter.bundled_model import SERVED_NAME, ensure_converted  # noqa: E402
 from components.vllm_adapter.engine_spec import resolve_spec  # noqa: E402
 from harness.otlp_receiver import OtlpReceiver  # noqa: E402
 from harness.server import free_port, host_cpu, start_server  # noqa: E402

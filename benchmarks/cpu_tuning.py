@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.compare import KEY, bench  # noqa: E402
-from components.core.bundled_model import ensure_converted  # noqa: E402
 from components.core.host import host_cpu_flags  # noqa: E402
+from components.vllm_adapter.bundled_model import ensure_converted  # noqa: E402
 from components.vllm_adapter.engine_spec import cpu_dtype, cpu_reserved_cores  # noqa: E402
 from harness.server import host_cpu, start_server  # noqa: E402
 

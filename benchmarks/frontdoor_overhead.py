@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.capacity.admission import Admission  # noqa: E402
 from components.core.settings import LimitSettings  # noqa: E402
 from components.edge.front_door import FrontDoor  # noqa: E402
 from components.edge.keys import Policy  # noqa: E402
 from components.edge.keys_file import PolicySource  # noqa: E402
 from components.edge.ratelimit import RateLimiter  # noqa: E402
+from components.serving.admission import Admission  # noqa: E402
 
 KEY = "sk-bench-0123456789"
 BODY = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare import KEY, bench  # noqa: E402
 
-from components.core.bundled_model import ensure_converted  # noqa: E402
 from components.core.settings import EngineSettings  # noqa: E402
+from components.vllm_adapter.bundled_model import ensure_converted  # noqa: E402
 from harness.server import host_cpu, start_server  # noqa: E402
 
 # The knee: the smallest concurrency that reaches this share of the best throughput seen.

@@ -18,8 +18,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.core.bundled_model import converted_dir, ensure_converted  # noqa: E402
 from components.core.settings import EngineSettings  # noqa: E402
+from components.vllm_adapter.bundled_model import converted_dir, ensure_converted  # noqa: E402
 from harness.server import start_server  # noqa: E402
 
 

@@ -1,2 +1,2 @@
-"""The API dialects: OpenAI (chat, completions), Anthropic Messages and Responses routes, and a
-generation's way from validation to its last byte."""
+"""The API dialects: the OpenAI app (chat, completions, models), Anthropic Messages and the
+Responses API."""

@@ -19,9 +19,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from components.api.generation import Dialect
-from components.api.validation import check_ranges
 from components.core.errors import InvalidRequest, ServiceError, ServingFailure, render_anthropic_sse
+from components.serving.generation import Dialect
+from components.serving.validation import check_ranges
 from components.vllm_adapter.vllm_bridge import OpenAIBridge, Stream, to_service_error
 
 

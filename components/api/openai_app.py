@@ -14,11 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from components.api.anthropic import Messages
-from components.api.generation import OPENAI, Call, Dialect, GenerationResponse
-from components.api.grammar_guard import GrammarGuard, grammar_specs
 from components.api.responses_api import Responses
-from components.api.validation import validate
-from components.capacity.lifecycle import Gate
 from components.core.context import request_context
 from components.core.errors import (
     InvalidRequest,
@@ -31,6 +27,10 @@ from components.core.request_fields import declared
 from components.core.settings import DEFAULT_ALIASES, ApiSettings
 from components.edge.ledger import Ledger, token_limits
 from components.edge.response_store import Store
+from components.serving.generation import OPENAI, Call, Dialect, GenerationResponse
+from components.serving.grammar_guard import GrammarGuard, grammar_specs
+from components.serving.lifecycle import Gate
+from components.serving.validation import validate
 from components.vllm_adapter.vllm_bridge import (
     OpenAIBridge,
     api_models,

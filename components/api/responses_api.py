@@ -28,11 +28,11 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 from starlette.requests import Request
 
-from components.api.generation import Call, Dialect
-from components.api.validation import check_ranges
 from components.core.context import request_context
 from components.core.errors import InvalidRequest, NotFound, ServiceError, ServingFailure, Unavailable
 from components.edge.response_store import Store
+from components.serving.generation import Call, Dialect
+from components.serving.validation import check_ranges
 from components.vllm_adapter.vllm_bridge import OpenAIBridge, to_service_error
 
 logger = logging.getLogger(__name__)

@@ -10,11 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from components.app.supervisor import Supervisor
-from components.capacity.admission import Admission, per_key_shares
-from components.capacity.breaker import CircuitBreaker, State
-from components.capacity.lifecycle import Gate
-from components.core import bundled_model, host
-from components.core.compile_cache import CompileCache
+from components.core import host
 from components.core.errors import EngineOutOfMemory, ServiceError
 from components.core.metrics import Metrics
 from components.core.redact import redacted
@@ -28,8 +24,12 @@ from components.edge.ledger import ledger_for, usage_report
 from components.edge.ratelimit import RateLimiter
 from components.edge.response_store import store_for
 from components.edge.tracing import Tracing
+from components.serving.admission import Admission, per_key_shares
+from components.serving.breaker import CircuitBreaker, State
+from components.serving.lifecycle import Gate
+from components.vllm_adapter import bundled_model, engine_spec
 from components.vllm_adapter import engine as engine_mod
-from components.vllm_adapter import engine_spec
+from components.vllm_adapter.compile_cache import CompileCache
 from components.vllm_adapter.engine_spec import EngineSpec
 
 if TYPE_CHECKING:

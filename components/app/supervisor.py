@@ -16,8 +16,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from components.capacity.lifecycle import Gate
 from components.core.errors import EngineDead
+from components.serving.lifecycle import Gate
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ class RequestContext:
     status: int | None = None
     tracer: Any = None  # components/edge/tracing.py: set by its middleware when tracing is on
     # The ASGI `send` below every middleware (set by the outermost one, components/
-    # bentoml_metrics.py): a stream's middle chunks go straight to it (components/api/interrupts.py).
+    # bentoml_metrics.py): a stream's middle chunks go straight to it (components/serving/interrupts.py).
     wire_send: Any = None
 
     @property

@@ -97,7 +97,7 @@ _HOSTED_TOOL_FLOAT = Range(-math.inf, math.inf, why="a hosted tool's option: vLL
 # Path syntax: `a.b` a nested model's field, `a[]` every item of a list, `a{}` every value
 # of a mapping. One entry serves every route whose model declares the path.
 RANGES: dict[str, Range] = {
-    "n": _COUNT,  # and MAX_N (components/api/validation.py)
+    "n": _COUNT,  # and MAX_N (components/serving/validation.py)
     "max_tokens": _COUNT,  # and MAX_TOKENS_LIMIT; over the context: vLLM's context_length_exceeded
     "max_completion_tokens": _COUNT,
     "max_output_tokens": _COUNT,
@@ -113,7 +113,7 @@ RANGES: dict[str, Range] = {
     "length_penalty": _FINITE,  # beam search only, which this service refuses
     "logit_bias{}": Range(-100.0, 100.0, why="OpenAI: vLLM adds any value to the logits"),
     "seed": _ANY_INT,
-    "priority": _ANY_INT,  # and never above the key's class (components/api/validation.py)
+    "priority": _ANY_INT,  # and never above the key's class (components/serving/validation.py)
     "top_logprobs": _LOGPROBS,
     "logprobs": _LOGPROBS,  # completions' count (chat's is a bool)
     "prompt_logprobs": _LOGPROBS,

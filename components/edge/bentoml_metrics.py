@@ -15,7 +15,7 @@ imports the class by name when the server starts, so the subclass goes in that n
 
 The metrics middleware is the outermost but for Starlette's error middleware (which only
 notes that a response started), so it also hands the request context the `send` it got:
-the wire, below every other middleware (see components/api/interrupts.py for its one use).
+the wire, below every other middleware (see components/serving/interrupts.py for its one use).
 """
 
 from __future__ import annotations

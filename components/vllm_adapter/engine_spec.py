@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from components.core import bundled_model
 from components.core.host import host_cpu_flags
 from components.core.settings import DEFAULT_GPU_MODEL, EngineSettings
+from components.vllm_adapter import bundled_model
 
 if TYPE_CHECKING:
 

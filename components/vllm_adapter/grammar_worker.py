@@ -1,4 +1,4 @@
-"""The grammar guard's worker process (components/api/grammar_guard.py): builds and compiles
+"""The grammar guard's worker process (components/serving/grammar_guard.py): builds and compiles
 structured-output grammars as vLLM 0.32 does, so that the guard can kill it past the limit.
 
 Run as `python -m components.vllm_adapter.grammar_worker TOKENIZER`: it loads the tokenizer once, then

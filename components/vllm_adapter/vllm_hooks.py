@@ -29,7 +29,7 @@ class Delivery:
     """What the engine produced for one generation, counted from its outputs' token ids
     (never from text): each engine request's prompt once, each choice's tokens. Nothing
     reaches a client that did not pass through here first, so charging this total never
-    charges less than was delivered, however the request ends (components/api/generation.py).
+    charges less than was delivered, however the request ends (components/serving/generation.py).
     `unknown`: an engine request that streams no deltas (non-streaming: one output at the
     end) was cut off before that output, so how far it got is not known."""
 
@@ -181,7 +181,7 @@ def report_rendered(handler: Any, method_name: str, error_type: type) -> None:
     setattr(handler, method_name, render)
 
 
-# Set by components/api/grammar_guard.py for the rest of a request: the keys (`grammar_key`) of
+# Set by components/serving/grammar_guard.py for the rest of a request: the keys (`grammar_key`) of
 # the xgrammar builds its worker completed for this request's grammars within the limit.
 built_grammars: ContextVar[frozenset[str]] = ContextVar("built_grammars", default=frozenset())
 

@@ -19,7 +19,7 @@ from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
 from vllm.v1.request import Request  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
-from components.core.bundled_model import ensure_converted  # noqa: E402
+from components.vllm_adapter.bundled_model import ensure_converted  # noqa: E402
 from components.vllm_adapter.engine_scheduler import ClassFirstAsyncScheduler, ClassFirstScheduler, class_first_scheduler  # noqa: E402
 from components.vllm_adapter.engine_spec import SCHEDULER_CLS  # noqa: E402
 from components.core.settings import EngineSettings  # noqa: E402

@@ -9,7 +9,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from components.core import bundled_model
+from components.vllm_adapter import bundled_model
 
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from components.capacity.admission import LOW, STANDARD, Admission, engine_priority
+from components.serving.admission import LOW, STANDARD, Admission, engine_priority
 from components.core.errors import InvalidRequest, Overloaded, RateLimited, Unavailable
 
 WAIT = 10.0

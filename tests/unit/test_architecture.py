@@ -13,10 +13,10 @@ COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 MAY_IMPORT: dict[str, set[str]] = {
     "core": set(),                      # settings, errors, context, metrics: import nothing of ours
     "edge": {"core"},                   # what a request meets before any engine work
-    "capacity": {"core"},               # admission, breaker, lifecycle: the engine's capacity
     "vllm_adapter": {"core"},           # everything that knows vLLM
-    "api": {"core", "edge", "capacity", "vllm_adapter"},  # the OpenAI, Anthropic, Responses dialects
-    "app": {"core", "edge", "capacity", "vllm_adapter", "api"},  # assembly: runtime, supervisor
+    "serving": {"core", "edge", "vllm_adapter"},  # a request's way from validation to its last byte
+    "api": {"core", "edge", "vllm_adapter", "serving"},  # the OpenAI, Anthropic and Responses dialects
+    "app": {"core", "edge", "vllm_adapter", "serving", "api"},  # assembly: runtime, supervisor
 }
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.capacity.breaker import CircuitBreaker, State
+from components.serving.breaker import CircuitBreaker, State
 from components.core.errors import Unavailable
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.api.generation import charge
+from components.serving.generation import charge
 from components.vllm_adapter.vllm_hooks import Delivery, EngineTags, engine_tags, install_engine_tags
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.core.compile_cache import CompileCache
+from components.vllm_adapter.compile_cache import CompileCache
 
 
 def test_key_changes_with_config_and_cache_is_found_on_second_start(tmp_path: Path) -> None:

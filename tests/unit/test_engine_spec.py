@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.core import bundled_model
+from components.vllm_adapter import bundled_model
 from components.vllm_adapter.engine_spec import default_tool_parser, resolve_spec
 from components.api.openai_app import build_aliases
 from components.core.settings import DEFAULT_GPU_MODEL, EngineSettings

@@ -19,7 +19,7 @@ from vllm.exceptions import VLLMValidationError
 
 from components.core.errors import InvalidRequest
 from components.core.request_fields import INT64_MAX, INT64_MIN, RANGES, Range, numeric_paths, out_of_range
-from components.api.validation import check_ranges
+from components.serving.validation import check_ranges
 from components.vllm_adapter.vllm_bridge import api_models, request_models
 
 ChatRequest, CompletionRequest, _ = request_models()

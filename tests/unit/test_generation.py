@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from components.core.errors import ClientClosed, GenerationTimeout, InvalidRequest, StreamStalled
-from components.api.interrupts import Interrupts, Writer
+from components.serving.interrupts import Interrupts, Writer
 
 
 def never_disconnects():  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""components/api/grammar_guard.py: every grammar field of every route is found, a build or
+"""components/serving/grammar_guard.py: every grammar field of every route is found, a build or
 compile past the limit is stopped (its worker process killed) and refused with the field
 named, a grammar that cannot compile is a 400 naming it, and what was built in time is
 recorded for the request's own validation."""
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.core.errors import InvalidRequest, Overloaded
-from components.api.grammar_guard import GrammarGuard, Spec, grammar_specs
+from components.serving.grammar_guard import GrammarGuard, Spec, grammar_specs
 from components.vllm_adapter.vllm_hooks import built_grammars, grammar_key
 
 # The integration test's pattern: tens of seconds for xgrammar (tests/integration/test_invariant_grammar.py).

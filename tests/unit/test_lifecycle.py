@@ -4,10 +4,10 @@ import asyncio
 
 import pytest
 
-from components.capacity.admission import Admission
-from components.capacity.breaker import CircuitBreaker, State
+from components.serving.admission import Admission
+from components.serving.breaker import CircuitBreaker, State
 from components.core.errors import ClientClosed, EngineDead, GenerationTimeout, InvalidRequest, Unavailable
-from components.capacity.lifecycle import Gate
+from components.serving.lifecycle import Gate
 
 
 def test_only_engine_faults_are_engine_faults() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from components.capacity.admission import Admission
-from components.capacity.breaker import CircuitBreaker, State
+from components.serving.admission import Admission
+from components.serving.breaker import CircuitBreaker, State
 from components.core.errors import EngineDead, Unavailable
 from components.edge.health import Snapshot, health_document, readiness
-from components.capacity.lifecycle import Gate
+from components.serving.lifecycle import Gate
 from components.app.supervisor import FORCE_EXIT_GRACE_S, Supervisor
 
 

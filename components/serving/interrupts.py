@@ -1,6 +1,6 @@
 """How a request's ASGI call ends early: the client closed the connection, stopped reading
 (a stall), or the service interrupts it (time limit, drain, engine death). Used by
-components/api/generation.py around the whole life of a generation.
+components/serving/generation.py around the whole life of a generation.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from components.capacity.admission import STANDARD, Admission, Slot
-from components.capacity.breaker import CircuitBreaker
 from components.core.errors import ClientClosed, GenerationTimeout, ServiceError, ServingFailure, Unavailable
+from components.serving.admission import STANDARD, Admission, Slot
+from components.serving.breaker import CircuitBreaker
 
 logger = logging.getLogger(__name__)
 

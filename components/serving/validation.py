@@ -7,11 +7,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from components.capacity.admission import STANDARD
 from components.core.errors import InvalidRequest
 from components.core.request_fields import declared, out_of_range, request_kind
 from components.core.settings import ApiSettings
 from components.edge.ledger import TokenLimits
+from components.serving.admission import STANDARD
 from components.vllm_adapter.vllm_bridge import OpenAIBridge, prompt_count, request_models
 
 _, _, StreamOptions = request_models()

@@ -1,6 +1,6 @@
 """A generation request from validation to its last byte.
 
-The route validates the request into a frozen `Generation` (components/api/validation.py);
+The route validates the request into a frozen `Generation` (components/serving/validation.py);
 only that type reaches admission. `GenerationResponse` then admits it, reserves its tokens
 once vLLM has counted the prompt, runs it in the engine and writes it out, under one `Pass`
 (see lifecycle) that owns the slot until the engine request ends, and settles the tokens
@@ -21,15 +21,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from components.api.interrupts import Interrupts, Writer
-from components.api.validation import Generation, requested_max_tokens, reservation
-from components.capacity.lifecycle import Gate, Pass
 from components.core.context import RequestContext, request_context
 from components.core.errors import ClientClosed, ServiceError, StreamStalled, render_sse
 from components.core.request_fields import declared
 from components.core.responses import send_error
 from components.edge.ledger import Hold, Ledger, settle_quietly
 from components.edge.tracing import span
+from components.serving.interrupts import Interrupts, Writer
+from components.serving.lifecycle import Gate, Pass
+from components.serving.validation import Generation, requested_max_tokens, reservation
 from components.vllm_adapter.vllm_bridge import Stream
 from components.vllm_adapter.vllm_hooks import Delivery, EngineTags, client_chose_max_tokens, engine_tags, on_rendered
 
