@@ -1,0 +1,65 @@
+"""The parts of a running service that need no engine, built first so that the front door
+works (and answers 503) while the model loads: metrics, the keys policy, the limits and the
+ledger, the response store, the breaker and admission behind one gate."""
+
+from __future__ import annotations
+
+import logging
+
+from components.core.errors import EngineOutOfMemory, ServiceError
+from components.core.metrics import Metrics
+from components.core.settings import Settings
+from components.edge.gpu_monitor import GpuMonitor
+from components.edge.keys_file import policy_source
+from components.edge.ledger import ledger_for
+from components.edge.ratelimit import RateLimiter
+from components.edge.response_store import store_for
+from components.edge.tracing import Tracing
+from components.serving.admission import Admission, per_key_shares
+from components.serving.breaker import CircuitBreaker, State
+from components.serving.lifecycle import Aborter, Gate
+
+logger = logging.getLogger(__name__)
+
+
+class Parts:
+    def __init__(self, settings: Settings, abort: Aborter) -> None:
+        res, limits, server = settings.resilience, settings.limits, settings.server
+        self.metrics = Metrics(key_ids=settings.auth.protect_metrics)
+        self.keys = policy_source(settings, self.metrics.keys_reload_errors.inc)
+        self.ledger = ledger_for(limits, self.metrics.limiter_errors.inc)
+        self.store = store_for(limits, settings.api, one_tenant=self.keys.current.mode == "off")
+        self.tracing = Tracing(server.otlp_traces_endpoint, server.traces_sample_ratio, server.otlp_traces_protocol)
+        self.limiter = RateLimiter(limits, self.metrics.limiter_errors.inc, ledger=self.ledger)
+        self.breaker = CircuitBreaker.from_settings(res, self._breaker_changed)
+        self.metrics.breaker_state.set(State.CLOSED)
+        self.gate = Gate(self._admission(settings), self.breaker, abort, res.request_timeout, self._request_failed)
+        self.gpu = GpuMonitor(self.metrics, server.gpu_monitor_interval)
+
+    def _admission(self, settings: Settings) -> Admission:
+        limits, batch = settings.limits, settings.engine.max_num_seqs
+        slots = batch + (batch if limits.engine_queue_depth is None else limits.engine_queue_depth)
+        # Without keys every caller is one tenant: no per-key shares.
+        running_share, queued_share = (0, 0)
+        if self.keys.current.enabled:
+            running_share, queued_share = per_key_shares(
+                slots, limits.max_queue_size, limits.max_inflight_per_key, limits.max_queued_per_key)
+        return Admission(
+            slots, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
+            running_per_key=running_share, queued_per_key=queued_share, on_change=self._queue_changed,
+            low_share=limits.priority_batch_share, aging_s=limits.priority_aging_s, batch_size=batch,
+        )
+
+    def _breaker_changed(self, state: State) -> None:
+        logger.warning("circuit breaker is now %s", state.name.lower())
+        self.metrics.breaker_state.set(int(state))
+
+    def _queue_changed(self, running: int, waiting: int) -> None:
+        self.metrics.active.set(running)
+        self.metrics.queue.set(waiting)
+
+    def _request_failed(self, error: ServiceError) -> None:
+        if isinstance(error, EngineOutOfMemory):
+            self.metrics.oom_events.inc()
+            logger.error("engine out of memory with %d request(s) in flight and %d queued",
+                         len(self.gate.inflight), self.gate.admission.waiting)
