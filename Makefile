@@ -12,7 +12,7 @@ export BENTOML_CONFIG ?= $(CURDIR)/configuration.yaml
 export BENTOML_HOME ?= $(CURDIR)/build/bentoml
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: cluster-up cluster-down test-cluster test-soak test-container test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
+.PHONY: docs cluster-up cluster-down test-cluster test-soak test-container test-load test-security bench build-cpu containerize run-container test-packaging install system-deps serve test test-unit test-integration lock-cpu lint build health-check metrics clean
 
 $(VENV)-uv/bin/uv:
 	python3 -m venv $(VENV)-uv && $(VENV)-uv/bin/pip install -q uv
@@ -50,6 +50,12 @@ test: install system-deps lint
 lint: install
 	$(VENV)/bin/ruff check components service.py benchmarks harness
 	$(PY) -m mypy components service.py
+
+# The generated parts of the docs, from the code: docs/settings.md, docs/architecture.md's
+# module table and README.md's layer list (tests/unit/test_docs.py fails while they are stale).
+docs: install
+	$(PY) -m harness.settings_reference > docs/settings.md.new && mv docs/settings.md.new docs/settings.md
+	$(PY) -m harness.architecture_reference
 
 test-unit: install system-deps
 	$(PY) -m pytest tests/unit -q
