@@ -121,3 +121,22 @@ metrics:
 
 clean:
 	rm -rf build .pytest_cache
+
+# The T4 path without a T4 (docs/deployment.md, "GPU nodes"). kernel-inventory downloads the
+# wheels pinned in requirements/gpu.lock (about 1.5 GB, --no-deps, into a temp dir) and
+# rewrites docs/benchmarks/gpu-kernels.json; run it whenever requirements/gpu.lock changes
+# (tests/unit/test_kernel_inventory.py fails until then). t4-config records what vLLM's own
+# configuration code decides on a simulated sm75 (docs/benchmarks/t4-config.json).
+.PHONY: kernel-inventory t4-config gpu-check
+kernel-inventory: install
+	$(PY) -m harness.kernel_inventory
+
+t4-config: install
+	$(PY) -m harness.sm75_config --json-out docs/benchmarks/t4-config.json
+
+# The first thing to run on a machine with an NVIDIA GPU (a T4 above all): the driver check,
+# the GPU bento's configuration served, the API conformance subset (pytest -m gpu), the
+# side-by-side and knee benchmarks against raw vLLM; writes docs/benchmarks/gpu-<device>.json.
+# Without a GPU it refuses in one line.
+gpu-check:
+	python3 -m harness.gpu_check

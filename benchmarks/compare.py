@@ -62,7 +62,8 @@ def start_raw_vllm(args: list[str], engine_env: dict[str, str], log: Path) -> tu
     raise TimeoutError("vLLM did not start")
 
 
-def bench(url: str, tokenizer: str, concurrency: int, prompts: int, input_len: int, output_len: int) -> dict[str, Any]:
+def bench(url: str, tokenizer: str, concurrency: int, prompts: int, input_len: int, output_len: int,
+          model: str = SERVED_NAME) -> dict[str, Any]:
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -70,7 +71,7 @@ def bench(url: str, tokenizer: str, concurrency: int, prompts: int, input_len: i
     add_cli_args(parser)
     args = parser.parse_args([
         "--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions",
-        "--model", SERVED_NAME, "--tokenizer", tokenizer, "--dataset-name", "random",
+        "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
         "--random-input-len", str(input_len), "--random-output-len", str(output_len), "--ignore-eos",
         "--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--request-rate", "inf",
         "--percentile-metrics", "ttft,tpot", "--metric-percentiles", "50,99", "--seed", "0", "--disable-tqdm",

@@ -21,9 +21,9 @@ from components.core.errors import (
     ModelNotFound,
     ServiceError,
     from_status,
-    render_json,
 )
 from components.core.request_fields import declared
+from components.core.responses import ErrorResponse
 from components.core.settings import DEFAULT_ALIASES, ApiSettings
 from components.edge.ledger import Ledger, token_limits
 from components.edge.response_store import Store
@@ -53,13 +53,6 @@ def build_aliases(served: str, configured: dict[str, str]) -> dict[str, str]:
         aliases[alias] = target
     aliases.pop(served, None)
     return aliases
-
-
-class ErrorResponse(Response):
-    media_type = "application/json"
-
-    def __init__(self, error: ServiceError) -> None:
-        super().__init__(render_json(error), status_code=error.status, headers=error.headers)
 
 
 def _validation_error(exc: RequestValidationError) -> InvalidRequest:
@@ -93,15 +86,19 @@ def build_openai_app(
     # grammar guard compiles every grammar against it, as the engine will.
     grammars = GrammarGuard(limits.grammar_timeout_s, grammar_tokenizer)
 
-    async def check_grammars(request: Request) -> None:
-        # A dependency of every route: FastAPI solves it before it validates the body into
-        # vLLM's model, whose validators already build structural-tag grammars on the loop.
+    async def check_grammars(request: Request) -> frozenset[str]:
+        # A dependency of every route: FastAPI solves it (once per request) before it
+        # validates the body into vLLM's model, whose validators already build
+        # structural-tag grammars on the loop; the generation routes take its keys along.
         if request.method == "POST" and (body := await request.body()):
             try:
                 parsed = json.loads(body)
             except ValueError:
-                return  # FastAPI refuses it, in our error shape
-            await grammars.check(grammar_specs(parsed))
+                return frozenset()  # FastAPI refuses it, in our error shape
+            built = await grammars.check(grammar_specs(parsed))
+            bridge.grammars_built(built)
+            return built
+        return frozenset()
 
     # No 307 to the slashed or unslashed route: its Location would echo the Host header.
     app = FastAPI(title="OpenAI-compatible LLM service", docs_url="/docs", redoc_url=None, redirect_slashes=False,
@@ -120,22 +117,25 @@ def build_openai_app(
             raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
         body.model = served if name is None or name == served else aliases[name]
 
-    async def generate(body: Any, request: Request, call: Call, dialect: Dialect = OPENAI) -> Response:
+    async def generate(body: Any, request: Request, call: Call, built: frozenset[str],
+                       dialect: Dialect = OPENAI) -> Response:
         ctx = request_context(request.scope)
         resolve_model(body, ctx.policy)
         generation = validate(body, limits, key=ctx.tenant, token_limits=token_limits(ctx.policy, tokens_per_minute),
-                              policy=ctx.policy)
+                              policy=ctx.policy, grammars=built)
         ctx.model = body.model
         ctx.stream = generation.stream
         return GenerationResponse(generation, request, call, gate, stall_timeout_s, ledger, dialect)
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
-        return await generate(body, request, bridge.chat)
+    async def chat_completions(body: ChatCompletionRequest, request: Request,  # type: ignore[valid-type]
+                               built: frozenset[str] = Depends(check_grammars)) -> Response:
+        return await generate(body, request, bridge.chat, built)
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest, request: Request) -> Response:  # type: ignore[valid-type]
-        return await generate(body, request, bridge.completion)
+    async def completions(body: CompletionRequest, request: Request,  # type: ignore[valid-type]
+                          built: frozenset[str] = Depends(check_grammars)) -> Response:
+        return await generate(body, request, bridge.completion, built)
 
     # The Anthropic Messages API: converted to a chat completion, then the same path.
     messages = Messages(bridge)
@@ -145,9 +145,10 @@ def build_openai_app(
             raise InvalidRequest(f"At most {limits.max_messages} messages are allowed.", param="messages")
 
     @app.post("/v1/messages", response_model=None)
-    async def anthropic_messages(body: MessagesRequest, request: Request) -> Response:  # type: ignore[valid-type]
+    async def anthropic_messages(body: MessagesRequest, request: Request,  # type: ignore[valid-type]
+                                 built: frozenset[str] = Depends(check_grammars)) -> Response:
         check_messages(body)
-        return await generate(await messages.to_chat(body), request, messages.generate, messages.dialect)
+        return await generate(await messages.to_chat(body), request, messages.generate, built, messages.dialect)
 
     @app.post("/v1/messages/count_tokens")
     async def anthropic_count_tokens(body: CountTokensRequest, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
@@ -159,9 +160,10 @@ def build_openai_app(
     responses = Responses(bridge, store, ResponsesRequest, limits.max_request_bytes)
 
     @app.post("/v1/responses", response_model=None)
-    async def create_response(body: ResponsesRequest, request: Request) -> Response:  # type: ignore[valid-type]
+    async def create_response(body: ResponsesRequest, request: Request,  # type: ignore[valid-type]
+                              built: frozenset[str] = Depends(check_grammars)) -> Response:
         prepared, call = await responses.prepare(body, request_context(request.scope).tenant)
-        return await generate(prepared, request, call, responses.dialect)
+        return await generate(prepared, request, call, built, responses.dialect)
 
     @app.get("/v1/responses/{response_id}")
     async def get_response(response_id: str, request: Request) -> dict[str, Any]:
@@ -223,7 +225,7 @@ def build_openai_app(
 
 def install_error_handlers(app: FastAPI) -> None:
     def respond(request: Request, error: ServiceError) -> Response:
-        request_context(request.scope).error_type = error.code or error.type
+        # Sent in the dialect the route table gives the request's path, and recorded as it goes.
         return ErrorResponse(error)
 
     async def service_error(request: Request, exc: ServiceError) -> Response:

@@ -25,14 +25,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from starlette.requests import Request
 
 from components.core.context import request_context
+from components.core.dialects import RESPONSES
 from components.core.errors import InvalidRequest, NotFound, ServiceError, ServingFailure, Unavailable
 from components.edge.response_store import Store
 from components.serving.generation import Call, Dialect
 from components.serving.validation import check_ranges
+from components.vllm_adapter.engine_call import EngineCall
 from components.vllm_adapter.vllm_bridge import OpenAIBridge, to_service_error
 
 logger = logging.getLogger(__name__)
@@ -48,11 +51,8 @@ def chat_usage(usage: Any) -> dict[str, Any] | None:
             "total_tokens": usage.total_tokens}
 
 
-def render_responses_sse(error: ServiceError, sequence_number: int = 0) -> str:
-    """An error inside a Responses stream, as OpenAI sends it."""
-    data = {"type": "error", "code": error.code, "message": error.message, "param": error.param,
-            "sequence_number": sequence_number}
-    return f"event: error\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+# An error inside a Responses stream, as OpenAI sends it: the Responses dialect's.
+render_responses_sse = RESPONSES.sse_event
 
 
 Save = Callable[[Any], Awaitable[None]]
@@ -60,18 +60,16 @@ Save = Callable[[Any], Awaitable[None]]
 
 class ResponsesStream:
     """vLLM's Responses events as SSE. The final event's response is stored before it is
-    sent, so that a follow-up sent on seeing it finds it (on any replica)."""
+    sent, so that a follow-up sent on seeing it finds it (on any replica). `on_finished`:
+    told at the final event, when the engine is done with the request."""
 
-    def __init__(self, source: AsyncIterator[Any], complete: Save) -> None:
+    def __init__(self, source: AsyncIterator[Any], complete: Save, on_finished: Callable[[], None]) -> None:
         self._source = source
         self._complete = complete
+        self._on_finished = on_finished
         self._sequence = 0
         self.usage: dict[str, Any] | None = None
         self.error: ServiceError | None = None
-        self.on_finished: Callable[[], None] = lambda: None
-        # Set by GenerationResponse for chat streams; Responses streams always carry usage.
-        self.forward_usage = True
-        self.strip_continuous_usage = False
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._events()
@@ -87,7 +85,7 @@ class ResponsesStream:
                     return
                 if kind in _FINAL_EVENTS:
                     self.usage = chat_usage(event.response.usage)
-                    self.on_finished()
+                    self._on_finished()
                     await self._complete(event.response)
                 yield f"event: {kind}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
         except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
@@ -157,7 +155,8 @@ class Responses:
         data.pop("previous_response_id")
         return self.request_model.model_validate(data), partial(self.generate, previous=previous)
 
-    async def generate(self, body: Any, raw_request: Request, previous: str | None) -> Any:
+    async def generate(self, body: Any, raw_request: Request, call: EngineCall,
+                       previous: str | None) -> BaseModel | ResponsesStream:
         """The `Call` of the route: vLLM's answer (or stream), stored once it is final."""
         owner = request_context(raw_request.scope).tenant
         wanted = body.store is not False  # read before vLLM turns it off (its own store stays unused)
@@ -167,11 +166,11 @@ class Responses:
             response.previous_response_id = previous
             response.store = wanted and await self._save(owner, context, response)
 
-        result = await self.bridge.responses(body, raw_request)
-        if hasattr(result, "model_dump"):
+        result = await self.bridge.responses(body, raw_request, call)
+        if isinstance(result, BaseModel):
             await complete(result)
             return result
-        return ResponsesStream(result, complete)
+        return ResponsesStream(result, complete, call.on_finished)
 
     async def _save(self, owner: str, context: list[Any], response: Any) -> bool:
         """Whether `response` is now stored. A store that fails has logged it: the answer

@@ -13,11 +13,13 @@ from components.edge.gpu_monitor import GpuMonitor
 from components.edge.keys_file import policy_source
 from components.edge.ledger import ledger_for
 from components.edge.ratelimit import RateLimiter
-from components.edge.response_store import store_for
+from components.edge.response_store import store_for, store_uri
 from components.edge.tracing import Tracing
 from components.serving.admission import Admission, per_key_shares
 from components.serving.breaker import CircuitBreaker, State
 from components.serving.lifecycle import Aborter, Gate
+from components.serving.ranking import ClassRanking
+from components.storage.backend import Storages
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +29,23 @@ class Parts:
         res, limits, server = settings.resilience, settings.limits, settings.server
         self.metrics = Metrics(key_ids=settings.auth.protect_metrics)
         self.keys = policy_source(settings, self.metrics.keys_reload_errors.inc)
-        self.ledger = ledger_for(limits, self.metrics.limiter_errors.inc)
-        self.store = store_for(limits, settings.api, one_tenant=self.keys.current.mode == "off")
+        # One pool and one guarded call per distinct storage URI, shared by all their users.
+        self.storages = Storages(limits.storage_timeout_s, self.metrics.storage_errors.inc)
+        shared = self.storages.get(limits.storage_uri)
+        self.ledger = ledger_for(shared, limits.fail_open)
+        self.store = store_for(self.storages.get(store_uri(limits)), settings.api,
+                               one_tenant=self.keys.current.mode == "off")
         self.tracing = Tracing(server.otlp_traces_endpoint, server.traces_sample_ratio, server.otlp_traces_protocol)
-        self.limiter = RateLimiter(limits, self.metrics.limiter_errors.inc, ledger=self.ledger)
+        self.limiter = RateLimiter(limits, shared, ledger=self.ledger)
         self.breaker = CircuitBreaker.from_settings(res, self._breaker_changed)
         self.metrics.breaker_state.set(State.CLOSED)
         self.gate = Gate(self._admission(settings), self.breaker, abort, res.request_timeout, self._request_failed)
         self.gpu = GpuMonitor(self.metrics, server.gpu_monitor_interval)
+
+    async def close(self) -> None:
+        """The replica leaves the heartbeat set, then the storages' connections close."""
+        await self.limiter.close()
+        await self.storages.close()
 
     def _admission(self, settings: Settings) -> Admission:
         limits, batch = settings.limits, settings.engine.max_num_seqs
@@ -47,7 +58,7 @@ class Parts:
         return Admission(
             slots, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
             running_per_key=running_share, queued_per_key=queued_share, on_change=self._queue_changed,
-            low_share=limits.priority_batch_share, aging_s=limits.priority_aging_s, batch_size=batch,
+            ranking=ClassRanking.from_settings(limits, batch),
         )
 
     def _breaker_changed(self, state: State) -> None:

@@ -148,5 +148,5 @@ class Runtime:
             engine_mod.shutdown_engine(self.engine)
         self.gpu.stop()
         self.keys.stop()
-        await asyncio.gather(self.limiter.close(), self.ledger.close(), self.store.close())
+        await self.parts.close()
         await asyncio.to_thread(self.tracing.shutdown)  # flushing may wait on the collector

@@ -31,6 +31,12 @@ class RequestContext:
     # bentoml_metrics.py): a stream's middle chunks go straight to it (components/serving/interrupts.py).
     wire_send: Any = None
 
+    def record_error(self, error: Any) -> None:
+        """What the access log and the trace name the request's failure: the error's code, or
+        its type when it has none. Called by whatever sends the error (components/core/
+        responses.py, the stream writer), never set by hand next to a send."""
+        self.error_type = error.code or error.type
+
     @property
     def tenant(self) -> str:
         """Whom admission counts the request against."""

@@ -1,9 +1,12 @@
-"""One error taxonomy and its two renderings: an OpenAI-shaped JSON body and a final SSE event."""
+"""One error taxonomy: each error's status, OpenAI `type` and `code`. How it looks on the wire
+is its API's dialect (components/core/dialects.py)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from components.core.dialects import ANTHROPIC, OPENAI
+from components.core.dialects import anthropic_body as anthropic_body  # its older home
 
 # OpenAI's `type` values: 4xx caused by the caller are invalid_request_error (429 is
 # `requests`, 401 `authentication_error` in the new API but invalid_request_error in the
@@ -39,14 +42,7 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return OPENAI.body(self)
 
 
 class InvalidRequest(ServiceError):
@@ -156,30 +152,10 @@ class EngineOutOfMemory(Unavailable):
     engine_fault = True
 
 
-def render_json(error: ServiceError) -> bytes:
-    return json.dumps(error.body(), ensure_ascii=False).encode()
-
-
-def render_sse(error: ServiceError) -> str:
-    """The error as the last events of a stream that has already sent its 200 status."""
-    return f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\ndata: [DONE]\n\n"
-
-
-# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors), for
-# the Anthropic Messages routes.
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-                    503: "overloaded_error", 504: "timeout_error"}
-
-
-def anthropic_body(status: int, message: str) -> dict[str, Any]:
-    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": message}}
-
-
-def render_anthropic_sse(error: ServiceError) -> str:
-    """An error inside an Anthropic stream, as Anthropic sends it."""
-    return f"event: error\ndata: {json.dumps(anthropic_body(error.status, error.message), ensure_ascii=False)}\n\n"
+# The names the API modules render with; the dialects own the shapes.
+render_json = OPENAI.json
+render_sse = OPENAI.sse_event
+render_anthropic_sse = ANTHROPIC.sse_event
 
 
 _STATUS_CLASSES: dict[int, type[ServiceError]] = {

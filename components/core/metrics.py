@@ -25,10 +25,7 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 # Output tokens per second of one request.
 THROUGHPUT_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
-# Bounded label values: the routes we own, everything else is "other".
-ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/debug/runtime", "/tokenize",
-                       "/detokenize", "/admin/usage", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"})
-
+# The `endpoint` label's values: the route table's labels (components/core/routes.py), bounded.
 
 # The key id on a public /metrics.
 HIDDEN_KEY = "hidden"
@@ -46,16 +43,6 @@ class KeyLabelled:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.metric, name)  # otherwise the counter itself (name, collect ...)
-
-
-def endpoint_label(path: str) -> str:
-    if path in ENDPOINTS:
-        return path
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{id}"
-    if path.startswith("/v1/responses/"):
-        return "/v1/responses/{id}"
-    return "other"
 
 
 class Metrics:
@@ -111,8 +98,11 @@ class Metrics:
             "vllm_auth_failures_total", "Requests refused by authentication, by reason (missing, invalid, "
             "disabled, expired, not_admin).", ["reason"], registry=None,
         )
-        self.limiter_errors = Counter(
-            "vllm_rate_limit_storage_errors_total", "Failed calls to the rate-limit storage.", registry=None,
+        # One for every shared storage (components/storage/): rate limits, token ledger, heartbeat, responses.
+        self.storage_errors = Counter(
+            "vllm_storage_errors_total", "Calls to a shared storage (Redis: rate limits, token ledger, replica "
+            "heartbeat, response store) that failed or timed out; calls refused at once while it rests after a "
+            "failure are not counted.", registry=None,
         )
         # Per key: label values are the keys' ids (bounded by the keys configured) or
         # "anonymous" (no key, or keys off); all "hidden" unless /metrics needs a key.

@@ -1,5 +1,5 @@
-"""One JSON access-log line and the request metrics for every HTTP request
-(probes and /metrics: metrics excluded, logged at DEBUG only)."""
+"""One JSON access-log line and the request metrics for every HTTP request (but the routes
+the route table marks quiet and uncounted: probes and /metrics)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from components.core.context import RequestContext, request_context
 from components.core.errors import ClientClosed
-from components.core.metrics import Metrics, endpoint_label
+from components.core.metrics import Metrics
 from components.core.responses import send_error
+from components.core.routes import Route, route
 
 logger = logging.getLogger("access")
-QUIET_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
-GENERATION_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"})
 
 
 def _trace_id(scope: Scope) -> str | None:
@@ -27,6 +26,8 @@ def _trace_id(scope: Scope) -> str | None:
 
 
 class AccessLogMiddleware:
+    passes_body_through = True
+
     def __init__(self, app: ASGIApp, metrics: Metrics | None, enabled: bool = True) -> None:
         self.app = app
         self.metrics = metrics
@@ -36,8 +37,7 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        quiet = path in QUIET_PATHS
+        served = route(scope["path"])
         ctx = request_context(scope)
         started = ctx.started
         status_holder = {"status": 500}
@@ -48,7 +48,7 @@ class AccessLogMiddleware:
                 status_holder["started"] = 1
             await send(message)
 
-        metrics = None if quiet else self.metrics
+        metrics = self.metrics if served.counted else None
         if metrics is not None:
             metrics.connections.inc()
         try:
@@ -57,21 +57,20 @@ class AccessLogMiddleware:
                 # Nothing answered (the client left before its body was read, say). Some
                 # answer must go out: BentoML's timeout middleware waits for a first send,
                 # and would park this request for traffic.timeout otherwise.
-                ctx.error_type = ctx.error_type or ClientClosed.code
-                await send_error(record_status, ClientClosed("The client closed the connection."))
+                await send_error(scope, record_status, ClientClosed("The client closed the connection."))
         finally:
             duration = time.perf_counter() - started
             # A client gone mid-stream was answered 200 on the wire; it is recorded as 499.
             status = ctx.status or status_holder["status"]
             if metrics is not None:
                 metrics.connections.dec()
-                self._observe(metrics, path, status, duration, ctx)
-            if self.enabled and not quiet:
+                self._observe(metrics, served, status, duration, ctx)
+            if self.enabled and not served.quiet:
                 self._log(scope, status, duration, ctx)
 
     @staticmethod
-    def _observe(metrics: Metrics, path: str, status: int, duration: float, ctx: RequestContext) -> None:
-        endpoint = endpoint_label(path)
+    def _observe(metrics: Metrics, served: Route, status: int, duration: float, ctx: RequestContext) -> None:
+        endpoint = served.label
         metrics.requests.labels(str(status), endpoint, ctx.model or "none").inc()
         metrics.key_requests.labels(ctx.tenant, f"{status // 100}xx").inc()
         for kind in ("prompt", "completion"):
@@ -79,7 +78,7 @@ class AccessLogMiddleware:
             if tokens:
                 metrics.key_tokens.labels(ctx.tenant, kind).inc(tokens)
         metrics.duration.labels(endpoint).observe(duration)
-        if endpoint not in GENERATION_ENDPOINTS or status != 200:
+        if not served.generates or status != 200:
             return
         ttft = ctx.ttft_s
         if ttft is not None:

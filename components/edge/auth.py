@@ -14,24 +14,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from components.core.context import request_context
 from components.core.errors import AuthenticationFailed, PermissionDenied, Unavailable
 from components.core.responses import send_error
+from components.core.routes import admin_paths, public_paths
 from components.edge.keys_file import PolicySource
 from components.edge.tracing import span
 
 logger = logging.getLogger(__name__)
-
-# Open without a key: probes, the API docs, and /metrics unless PROTECT_METRICS is set.
-PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/docs", "/openapi.json"})
-# Need an admin key (ADMIN_API_KEYS) whenever keys are on: they show the service's insides.
-ADMIN_PATHS = frozenset({"/debug/runtime", "/admin/usage"})
-
-
-def admin_paths(protect_metrics: bool) -> frozenset[str]:
-    # A protected /metrics names every tenant's key id (components/core/metrics.py): an admin's view.
-    return ADMIN_PATHS | {"/metrics"} if protect_metrics else ADMIN_PATHS
-
-
-def public_paths(protect_metrics: bool) -> frozenset[str]:
-    return PUBLIC_PATHS if protect_metrics else PUBLIC_PATHS | {"/metrics"}
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -46,6 +33,11 @@ def presented_key(scope: Scope) -> str | None:
 
 
 class AuthMiddleware:
+    """Which routes are open without a key and which need an admin key: the route table
+    (components/core/routes.py)."""
+
+    passes_body_through = True
+
     def __init__(self, app: ASGIApp, keys: PolicySource, protect_metrics: bool = False,
                  on_refused: Callable[[str], None] | None = None) -> None:
         self.app = app
@@ -65,10 +57,10 @@ class AuthMiddleware:
         if policy.mode == "unavailable" and scope["path"] not in self.public:
             # 503, not 401: the key may well be right, the server cannot tell (SDKs retry a
             # 503; a 401 would send a client with a good key off to rotate it).
-            ctx.error_type = "auth_policy_unavailable"
             self.on_refused("policy_unavailable")
-            await send_error(send, Unavailable("No valid API key policy is loaded on this server; requests that need "
-                                               "a key are refused until it is fixed.", code="auth_policy_unavailable"))
+            unavailable = Unavailable("No valid API key policy is loaded on this server; requests that need a key are "
+                                      "refused until it is fixed.", code="auth_policy_unavailable")
+            await send_error(scope, send, unavailable)
             return
         with span(ctx, "auth"):
             presented = presented_key(scope)
@@ -78,9 +70,8 @@ class AuthMiddleware:
             ctx.key_id = found.id
             ctx.policy = found
             if scope["path"] in self.admin and not found.admin:
-                ctx.error_type = "permission_denied"
                 self.on_refused("not_admin")
-                await send_error(send, PermissionDenied("This route needs an admin key."))
+                await send_error(scope, send, PermissionDenied("This route needs an admin key."))
                 return
             await self.app(scope, receive, send)
             return
@@ -88,10 +79,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         message = refusal or ("Missing API key." if presented is None else "Invalid API key.")
-        ctx.error_type = "invalid_api_key"
         if found is not None:
             self.on_refused("disabled" if found.disabled else "expired")
         else:
             self.on_refused("missing" if presented is None else "invalid")
         how = " Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
-        await send_error(send, AuthenticationFailed(message + how))
+        await send_error(scope, send, AuthenticationFailed(message + how))

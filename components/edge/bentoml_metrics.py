@@ -25,18 +25,16 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from components.core.context import request_context
-from components.core.metrics import endpoint_label
+from components.core.routes import OTHER, route
 
 _REAL_PATH = "llm_service.real_path"
-# Paths labelled as they are: BentoML's own routes (which it skips by prefix) and ours.
-_BENTOML_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/docs", "/openapi.json"})
 
 
 def metric_path(path: str) -> str:
-    if path in _BENTOML_PATHS:
-        return path
-    label = endpoint_label(path)
-    return label if label.startswith("/") else "/other"
+    """The route table's label (BentoML's own routes, which it skips by path, keep theirs);
+    `/other` for every path the service does not serve."""
+    found = route(path)
+    return "/other" if found is OTHER else found.label
 
 
 class _RestorePath:

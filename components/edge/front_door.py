@@ -9,10 +9,10 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
-from components.core.metrics import Metrics, endpoint_label
+from components.core.metrics import Metrics
+from components.core.routes import endpoint_label, public_paths
 from components.edge.access_log import AccessLogMiddleware
-from components.edge.anthropic_errors import AnthropicErrors
-from components.edge.auth import AuthMiddleware, public_paths
+from components.edge.auth import AuthMiddleware
 from components.edge.health import HealthMiddleware, StatusSource
 from components.edge.keys_file import PolicySource
 from components.edge.middleware import (
@@ -50,16 +50,15 @@ class FrontDoor:
         """Outermost first. The request id comes first so that every answer, refusals
         included, carries one; the access log sees every outcome. CORS sits outside
         everything that refuses, so that 431/405/401/403/429 carry CORS headers (browsers
-        hide responses without them); inside it, the Anthropic routes' errors take Anthropic's
-        shape, refusals included. What refuses on the headers alone comes before the
+        hide responses without them). What refuses on the headers alone comes before the
         body limit, so a refused request is refused without reading its body. Health is
-        innermost: BentoML answers /livez and /readyz, we give them JSON bodies."""
+        innermost: BentoML answers /livez and /readyz, we give them JSON bodies. Refusals
+        take the shape of their route's API (components/core/responses.py)."""
         public = public_paths(self.protect_metrics)
         layers: list[Callable[[ASGIApp], ASGIApp]] = [
             RequestIdMiddleware,
             lambda a: AccessLogMiddleware(a, self.metrics, enabled=self.access_log),
             lambda a: cors(a, self.cors_origins),
-            AnthropicErrors,
             lambda a: HeaderLimitMiddleware(a, self.max_header_bytes),
             lambda a: PublicMethodsMiddleware(a, public),
             lambda a: AuthMiddleware(a, self.keys, protect_metrics=self.protect_metrics, on_refused=self._auth_refused),
@@ -72,5 +71,17 @@ class FrontDoor:
             healthz, readiness = self.health
             layers.append(lambda a: HealthMiddleware(a, healthz, readiness))
         for layer in reversed(layers):
-            app = layer(app)
+            app = _passing_bodies_through(layer(app))
         return app
+
+
+def _passing_bodies_through(layer: ASGIApp) -> ASGIApp:
+    """A stream's middle chunks skip the front door: the generation writes them straight to
+    the wire (components/serving/interrupts.py). So a layer may change a response's start
+    and answer on its own, but must send a 200's body chunks on as they come, byte for byte,
+    or the streams it is bypassed on would differ from the answers it is not. Each layer's
+    class says it does, as `passes_body_through = True`."""
+    if getattr(type(layer), "passes_body_through", False) is not True:
+        raise TypeError(f"{type(layer).__name__} does not declare passes_body_through = True: a front-door layer "
+                        "must send a 200's body chunks on untouched")
+    return layer

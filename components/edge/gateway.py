@@ -22,14 +22,14 @@ async def _starting(scope: Scope, receive: Receive, send: Send) -> None:
         error = Unavailable(
             "The model is still loading; retry shortly.", code="model_loading", headers={"retry-after": "5"}
         )
-        await send_error(send, error)
+        await send_error(scope, send, error)
 
 
 async def _stopped(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
         error = Unavailable("The server is shutting down; retry on another replica.", code="shutting_down",
                             headers={"retry-after": "5"})
-        await send_error(send, error)
+        await send_error(scope, send, error)
 
 
 class Gateway:

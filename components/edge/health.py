@@ -19,6 +19,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from components.core.routes import route
+
 StatusSource = Callable[[], dict[str, Any]]
 
 
@@ -100,18 +102,23 @@ async def _send_json(send: Send, status: int, document: dict[str, Any]) -> None:
 
 
 class HealthMiddleware:
+    """Which paths are the probes: the route table. Every other route's body passes untouched;
+    the probes' bodies are ours (their status stays BentoML's)."""
+
+    passes_body_through = True
+
     def __init__(self, app: ASGIApp, healthz: StatusSource, readiness: Callable[[], tuple[bool, str]]) -> None:
         self.app = app
         self.healthz = healthz
         self.readiness = readiness
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path") if scope["type"] == "http" else None
-        if path == "/healthz" and scope["method"] in ("GET", "HEAD"):
+        probe = route(scope["path"]).probe if scope["type"] == "http" else None
+        if probe == "health" and scope["method"] in ("GET", "HEAD"):
             document = self.healthz()
             await _send_json(send, 200 if document["status"] != "dead" else 503, document)
             return
-        if path not in ("/readyz", "/livez"):
+        if probe not in ("ready", "live"):
             await self.app(scope, receive, send)
             return
         # BentoML's hooks decide the status; we replace its plain-text body with JSON.
@@ -122,7 +129,7 @@ class HealthMiddleware:
                 status_holder["status"] = message["status"]
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 status = status_holder.get("status", 500)
-                if path == "/readyz":
+                if probe == "ready":
                     _, reason = self.readiness()
                     document = {"status": "ready" if status == 200 else "not_ready", "reason": reason}
                 else:

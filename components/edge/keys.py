@@ -19,9 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-# vLLM's priority scheduling runs lower values first. A request may only lower its own
-# priority (raise the number), never go above its key's class.
-PRIORITY_CLASSES: dict[str, int] = {"interactive": 0, "standard": 5, "batch": 10}
+from components.core.priority import CLASSES, DEFAULT_CLASS, ClassName
+
 BUDGET_PERIODS: dict[str, int] = {"hour": 3600, "day": 86400, "week": 7 * 86400}
 
 
@@ -43,13 +42,18 @@ class KeyPolicy:
     token_budget: int | None = None
     budget_period_s: int = 86400
     models: frozenset[str] | None = None  # None: every model
-    priority: int = PRIORITY_CLASSES["standard"]
-    priority_class: str = "standard"
+    priority_class: ClassName = DEFAULT_CLASS
     expires_at: float | None = None
     disabled: bool = False
     admin: bool = False
     # Keys of one group may share the engine's prefix cache; None: the key alone.
     cache_group: str | None = None
+
+    @property
+    def priority(self) -> int:
+        """The level of this key's class: its requests' floor (one may lower its own, never
+        raise it above this)."""
+        return CLASSES[self.priority_class]
 
     @property
     def cache_scope(self) -> str:

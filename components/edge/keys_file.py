@@ -20,7 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.edge.keys import BUDGET_PERIODS, PRIORITY_CLASSES, KeyPolicy, Policy, digest
+from components.core.priority import DEFAULT_CLASS, ClassName
+from components.edge.keys import BUDGET_PERIODS, KeyPolicy, Policy, digest
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class KeyEntry(BaseModel):
     token_budget: int | None = Field(None, ge=1)
     budget_period: Literal["hour", "day", "week"] = "day"
     models: tuple[str, ...] | None = None
-    priority: Literal["interactive", "standard", "batch"] = "standard"
+    priority: ClassName = DEFAULT_CLASS
     expires_at: datetime | None = None
     disabled: bool = False
     admin: bool = False
@@ -121,7 +122,6 @@ def _policy(entry: KeyEntry) -> KeyPolicy:
         token_budget=entry.token_budget,
         budget_period_s=BUDGET_PERIODS[entry.budget_period],
         models=frozenset(entry.models) if entry.models is not None else None,
-        priority=PRIORITY_CLASSES[entry.priority],
         priority_class=entry.priority,
         expires_at=entry.expires_at.astimezone(UTC).timestamp() if entry.expires_at else None,
         disabled=entry.disabled,

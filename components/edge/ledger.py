@@ -9,7 +9,9 @@ prompt count that was estimated too low can add), and nothing in flight is forgi
 Windows are fixed buckets (this minute, this day, this budget period) in memory for one
 replica, or in Redis, where a Lua script checks and charges every bucket atomically, so
 replicas sharing one Redis never admit together what one would refuse. Hand-written: the
-`limits` library charges a cost but cannot reserve and then give back part of it.
+`limits` library charges a cost but cannot reserve and then give back part of it. Redis is
+reached through the shared storage's guarded call (components/storage/), which logs and
+counts an outage; here only the policy: charge alone within this replica's share, or 503.
 """
 
 from __future__ import annotations
@@ -22,15 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from components.core.errors import QuotaExceeded, RateLimited, TokensLimited, Unavailable
+from components.storage.backend import RedisStorage, Storage
+from components.storage.guard import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
 MINUTE, DAY = 60, 86400
-# What a storage failure looks like: fail open or closed, never a 500.
-STORAGE_ERRORS = (OSError, TimeoutError, ConnectionError, RedisError)
 
 _RESERVE = """
 local amount = tonumber(ARGV[1])
@@ -118,12 +118,10 @@ class Ledger:
 
     backend = "memory"
 
-    def __init__(self, clock: Callable[[], float] = time.time, on_storage_error: Callable[[], None] | None = None,
-                 fail_open: bool = True) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, fail_open: bool = True) -> None:
         self._clock = clock
         self._counts: dict[str, tuple[int, float]] = {}  # key -> (tokens, expires at)
         self._next_prune = 0.0
-        self._on_error = on_storage_error or (lambda: None)
         self.fail_open = fail_open
         # This replica's share of a limit among the replicas it last counted (components/
         # replicas.py, set by the rate limiter): what it charges alone while the storage is down.
@@ -136,8 +134,8 @@ class Ledger:
         windows = buckets(kid, limits, now)
         try:
             refused, used = await self._reserve(windows, amount, now)
-        except STORAGE_ERRORS as exc:
-            return await self._storage_failed(exc, kid, amount, limits)
+        except StorageUnavailable:
+            return await self._storage_failed(kid, amount, limits)
         if refused is not None:
             raise _refusal(refused, used, amount)
         return Hold(self, kid, amount, tuple(w.key for w in windows))
@@ -147,17 +145,13 @@ class Ledger:
         windows = buckets(kid, limits, now)
         try:
             counts = await self._get([w.key for w in windows])
-        except STORAGE_ERRORS as exc:
-            self._on_error()
-            logger.error("token ledger (%s) unavailable: %s", self.backend, type(exc).__name__)
+        except StorageUnavailable:  # nothing to show; a reservation still charges alone
             counts = [0] * len(windows)
         return {w.name: (count, w) for w, count in zip(windows, counts, strict=True)}
 
-    async def _storage_failed(self, exc: BaseException, kid: str, amount: int, limits: TokenLimits) -> Hold:
+    async def _storage_failed(self, kid: str, amount: int, limits: TokenLimits) -> Hold:
         """Fail open: this replica charges alone, in memory, within its share of each of the
         key's limits (the replicas' shares add up to the limit); or fail closed: 503."""
-        self._on_error()
-        logger.error("token ledger (%s) unavailable: %s", self.backend, type(exc).__name__)
         if not self.fail_open:
             raise Unavailable("Token accounting is unavailable; retry later.", code="rate_limiter_unavailable",
                               headers={"retry-after": "1"}) from None
@@ -204,41 +198,35 @@ class Ledger:
             self._next_prune = now + MINUTE
             self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
 
-    async def close(self) -> None:
-        return None
-
 
 class RedisLedger(Ledger):
     backend = "redis"
 
-    def __init__(self, uri: str, timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, storage: RedisStorage, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        import redis.asyncio as redis
-
-        self._redis = redis.Redis.from_url(uri, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._reserve_script = self._redis.register_script(_RESERVE)
-        self._settle_script = self._redis.register_script(_SETTLE)
+        self._storage = storage
+        self._reserve_script = storage.client.register_script(_RESERVE)
+        self._settle_script = storage.client.register_script(_SETTLE)
+        storage.serves("token limits: charged in this replica's memory, to its share of each limit"
+                       if self.fail_open else "token limits: 503")
 
     async def _reserve(self, windows: list[Bucket], amount: int, now: float) -> tuple[Bucket | None, int]:
         args: list[int] = [amount]
         for window in windows:
             args += [window.limit, window.ttl_s]
-        index, used = await self._reserve_script(keys=[w.key for w in windows], args=args)
+        keys = [w.key for w in windows]
+        index, used = await self._storage.call(lambda: self._reserve_script(keys=keys, args=args))
         return (windows[int(index) - 1], int(used)) if int(index) else (None, 0)
 
     async def _adjust(self, keys: tuple[str, ...], delta: int) -> None:
         try:
-            await self._settle_script(keys=list(keys), args=[delta])
-        except STORAGE_ERRORS as exc:
-            self._on_error()
-            logger.error("token ledger (redis) could not settle: %s", type(exc).__name__)
+            await self._storage.call(lambda: self._settle_script(keys=list(keys), args=[delta]))
+        except StorageUnavailable:
+            pass  # the guard logged and counted it; the tokens stay charged until the window ends
 
     async def _get(self, keys: list[str]) -> list[int]:
-        values = await self._redis.mget(keys)
+        values = await self._storage.call(lambda: self._storage.client.mget(keys))
         return [int(v) if v is not None else 0 for v in values]
-
-    async def close(self) -> None:
-        await self._redis.aclose()
 
 
 def _refusal(window: Bucket, used: int, amount: int) -> RateLimited:
@@ -264,12 +252,11 @@ async def settle_quietly(hold: Hold, used: int) -> None:
         logger.exception("settling a token reservation failed")
 
 
-def ledger_for(settings: Any, on_storage_error: Callable[[], None]) -> Ledger:
-    """In Redis when the rate limits are (RATE_LIMIT_STORAGE_URI), else in memory."""
-    if settings.storage_uri.startswith("memory://"):
-        return Ledger(on_storage_error=on_storage_error, fail_open=settings.fail_open)
-    return RedisLedger(settings.storage_uri, settings.storage_timeout_s, on_storage_error=on_storage_error,
-                       fail_open=settings.fail_open)
+def ledger_for(storage: Storage, fail_open: bool) -> Ledger:
+    """Where the rate limits are (RATE_LIMIT_STORAGE_URI): shared in Redis, else in memory."""
+    if isinstance(storage, RedisStorage):
+        return RedisLedger(storage, fail_open=fail_open)
+    return Ledger(fail_open=fail_open)
 
 
 async def usage_report(ledger: Ledger, policy: Any, default_per_minute: int) -> dict[str, Any]:

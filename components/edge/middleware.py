@@ -52,6 +52,8 @@ class RequestIdMiddleware:
     key's priority class, `X-data-parallel-rank` pick an engine.
     """
 
+    passes_body_through = True
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -91,6 +93,8 @@ class HeaderLimitMiddleware:
     X-Request-ID is not counted: RequestIdMiddleware, outside, has already taken it off.
     """
 
+    passes_body_through = True
+
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -99,8 +103,7 @@ class HeaderLimitMiddleware:
         if scope["type"] == "http":
             size = sum(len(name) + len(value) + HEADER_OVERHEAD for name, value in scope["headers"])
             if size > self.max_bytes:
-                request_context(scope).error_type = HeadersTooLarge.code
-                await send_error(send, HeadersTooLarge(f"The request headers exceed {self.max_bytes} bytes."))
+                await send_error(scope, send, HeadersTooLarge(f"The request headers exceed {self.max_bytes} bytes."))
                 return
         await self.app(scope, receive, send)
 
@@ -112,15 +115,16 @@ class PublicMethodsMiddleware:
     body read by the body limit for anyone who asks.
     """
 
+    passes_body_through = True
+
     def __init__(self, app: ASGIApp, public: frozenset[str]) -> None:
         self.app = app
         self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in self.public and scope["method"] not in READ_ONLY_METHODS:
-            request_context(scope).error_type = MethodNotAllowed.code
             error = MethodNotAllowed(f"{scope['path']} answers GET and HEAD only.", headers={"allow": "GET, HEAD"})
-            await send_error(send, error)
+            await send_error(scope, send, error)
             return
         await self.app(scope, receive, send)
 
@@ -134,6 +138,8 @@ class BodyLimitMiddleware:
     it anyway (JSON), and refusing before the app starts is the only clean way to 413.
     """
 
+    passes_body_through = True
+
     def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -146,7 +152,7 @@ class BodyLimitMiddleware:
         too_large = PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await send_error(send, too_large)
+                await send_error(scope, send, too_large)
                 return
         chunks: list[bytes] = []
         size = 0
@@ -168,7 +174,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await send_error(send, too_large)
+                await send_error(scope, send, too_large)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -186,14 +192,19 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, error: ServiceError, close: bool = False) -> None:
-        request_context(scope).error_type = error.code
         # The rest of a late body must not be read as the next request: close the connection.
-        await send_error(send, error, [(b"connection", b"close")] if close else None)
+        await send_error(scope, send, error, [(b"connection", b"close")] if close else None)
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, which adds headers to a response's start and sends its body on as it comes."""
+
+    passes_body_through = True
 
 
 def cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
     allow_all = origins == ("*",)
-    return CORSMiddleware(
+    return Cors(
         app,
         allow_origins=list(origins),
         allow_methods=["GET", "POST", "OPTIONS"],

@@ -9,13 +9,14 @@ While a shared storage (Redis) is unreachable or slow, each replica limits alone
 share of each limit among the replicas it last saw alive (components/edge/replicas.py: the
 shares add up to the limit): an outage makes a limit less exact, not absent. The local
 windows count every request this replica admitted, through the storage or alone, so a
-replica that already used its share before the outage gets nothing more.
+replica that already used its share before the outage gets nothing more. Storage calls go
+through the storage's one guarded call (components/storage/), shared with the token ledger,
+the heartbeat and the response store: a time limit, a rest after a failure, one log line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,21 +24,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from limits.errors import StorageError
-from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from components.core.context import request_context
 from components.core.errors import RateLimited, ServiceError, TokensLimited, Unavailable
 from components.core.responses import send_error
+from components.core.routes import public_paths
 from components.core.settings import LimitSettings
-from components.edge.auth import public_paths
 from components.edge.ledger import Ledger, ledger_for, token_limits
 from components.edge.replicas import Replicas, replicas_for
 from components.edge.tracing import span
-
-logger = logging.getLogger(__name__)
+from components.storage.backend import Storage
+from components.storage.guard import StorageUnavailable
 
 
 def openai_duration(seconds: float) -> str:
@@ -79,53 +79,36 @@ def rejection(window: Window, message: str, shown: list[Window]) -> RateLimited:
     return RateLimited(message, headers=headers)
 
 
-# After a failed storage call, requests are limited locally for this long before the
-# storage is tried again: an outage costs each request at most one timeout per period, and
-# the log one line per outage.
-STORAGE_RETRY_S = 2.0
-
-
-class _StorageDown(Exception):
-    pass
-
-
 class RateLimiter:
+    """`storage`: RATE_LIMIT_STORAGE_URI's, shared with the ledger and the heartbeat (and
+    closed by whoever opened it); unset, the limiter opens its own and closes it."""
+
     def __init__(
         self,
         settings: LimitSettings,
-        on_storage_error: Callable[[], None] | None = None,
+        storage: Storage | None = None,
         clock: Callable[[], float] = time.time,
         ledger: Ledger | None = None,
         replicas: Replicas | None = None,
     ) -> None:
-        uri = "async+" + settings.storage_uri
-        options: dict[str, float | str | bool] = {"wrap_exceptions": True}
-        if not settings.storage_uri.startswith("memory://"):
-            options.update(
-                implementation="redispy",
-                socket_timeout=settings.storage_timeout_s,
-                socket_connect_timeout=settings.storage_timeout_s,
-            )
-        self.storage = storage_from_string(uri, **options)
-        self._requests = MovingWindowRateLimiter(self.storage)
+        self._owns_storage = storage is None
+        self.storage = storage or Storage.from_uri(settings.storage_uri, settings.storage_timeout_s)
+        self._requests = MovingWindowRateLimiter(self.storage.limits_storage())
         # This replica's own windows: what it admitted, its share while the storage is down.
-        self._local = MovingWindowRateLimiter(storage_from_string("async+memory://"))
+        self._local = MovingWindowRateLimiter(MemoryStorage())
         self._alone_lock = asyncio.Lock()
-        self.replicas = replicas or replicas_for(settings)
-        self._retry_at = 0.0  # monotonic; storage calls are skipped until then
-        self._failures = 0
+        self.replicas = replicas or replicas_for(self.storage, settings)
         self.window_s = max(1, round(settings.window_minutes * 60))
         self.default_limit = settings.default_rate_limit
         self.global_limit = settings.global_rate_limit
         self.tokens_per_minute = settings.tokens_per_minute
         self.fail_open = settings.fail_open
-        self.timeout_s = settings.storage_timeout_s * 2
-        self.backend = settings.storage_uri.split("://", 1)[0]
-        self._on_storage_error = on_storage_error or (lambda: None)
         self._clock = clock
-        self.ledger = ledger or ledger_for(settings, self._on_storage_error)
+        self.ledger = ledger or ledger_for(self.storage, settings.fail_open)
         # While the storage is down the ledger too limits each key to this replica's share.
         self.ledger.share = self.replicas.share
+        self.storage.serves("rate limits: each replica alone, to its share of the replicas it last saw"
+                            if self.fail_open else "rate limits: 503")
 
     def limit_for(self, policy: Any) -> int:
         """The key's own requests per window (API_KEY_LIMITS or the keys file), else the default."""
@@ -135,45 +118,17 @@ class RateLimiter:
     def _item(self, limit: int, seconds: int) -> RateLimitItem:
         return RateLimitItemPerSecond(limit, seconds)
 
-    async def _guard(self, operation):  # type: ignore[no-untyped-def]
-        """Storage calls never hang and never surface as a 500: a failure raises _StorageDown
-        (counted; logged once per outage), and the storage rests for STORAGE_RETRY_S."""
-        if self.backend == "memory":
-            # In-process: it cannot hang, and a time limit would only measure the event
-            # loop's lag, so a loaded loop failed open and let requests past the limit.
-            return await operation
-        if time.monotonic() < self._retry_at:
-            operation.close()
-            raise _StorageDown
-        try:
-            # asyncio.timeout, not wait_for: no extra task per call on the request path.
-            async with asyncio.timeout(self.timeout_s):
-                result = await operation
-        except (TimeoutError, StorageError, OSError) as exc:
-            self._on_storage_error()
-            self._retry_at = time.monotonic() + STORAGE_RETRY_S
-            if not self._failures:
-                logger.error("rate-limit storage (%s) unavailable: %s; %s", self.backend, type(exc).__name__,
-                             f"limiting to this replica's share ({self.replicas.view.count} replicas)"
-                             if self.fail_open else "refusing requests")
-            self._failures += 1
-            raise _StorageDown from None
-        if self._failures:
-            logger.warning("rate-limit storage (%s) is back after %d failed call(s)", self.backend, self._failures)
-            self._failures = 0
-        return result
-
     async def _hit(self, kind: str, limit: int, identity: str) -> tuple[bool, Window]:
         item = self._item(limit, self.window_s)
         try:
-            allowed = await self._guard(self._requests.hit(item, kind, identity))
-            stats = await self._guard(self._requests.get_window_stats(item, kind, identity))
-        except _StorageDown:
+            allowed = await self.storage.call(lambda: self._requests.hit(item, kind, identity))
+            stats = await self.storage.call(lambda: self._requests.get_window_stats(item, kind, identity))
+        except StorageUnavailable:
             if not self.fail_open:
                 raise Unavailable("Rate limiting is unavailable; retry later.", code="rate_limiter_unavailable",
                                   headers={"retry-after": "1"}) from None
             return await self._alone(kind, limit, identity)
-        if allowed and self.backend != "memory":
+        if allowed and self.storage.shared:
             # Recorded here too: once the storage fails, this replica's share is what is left.
             await self._local.hit(item, kind, identity)
         reset = max(0.0, stats.reset_time - self._clock())
@@ -221,21 +176,18 @@ class RateLimiter:
         return windows
 
     async def close(self) -> None:
+        """Leave the replica set; close the storage if this limiter opened it."""
         await self.replicas.stop()
-        # Only the redis-py storage holds a connection pool worth closing.
-        pool = getattr(getattr(self.storage, "bridge", None), "storage", None)
-        close = getattr(pool, "aclose", None)
-        if close is not None:
-            try:
-                await close()
-            except Exception:  # noqa: BLE001 - shutdown must go on
-                logger.debug("closing rate-limit storage failed", exc_info=True)
+        if self._owns_storage:
+            await self.storage.close()
 
 
 class RateLimitMiddleware:
     """Per-key (or per-IP without keys), global and token limits on every route but the
     public ones, with OpenAI's x-ratelimit-* headers on every response of those routes,
     429s included."""
+
+    passes_body_through = True
 
     def __init__(
         self,
@@ -262,9 +214,8 @@ class RateLimitMiddleware:
             with span(ctx, "rate_limit"):
                 windows = await self.limiter.admit(identity, ctx.policy, ctx.tenant)
         except ServiceError as error:
-            ctx.error_type = error.code
             self.on_rejected(error.code or "unknown")
-            await send_error(send, error)
+            await send_error(scope, send, error)
             return
         extra = [header for window in windows for header in window.headers()]
 

@@ -32,6 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from components.storage.backend import RedisStorage, Storage
+from components.storage.guard import StorageUnavailable
+
 logger = logging.getLogger(__name__)
 
 HEARTBEATS_KEY = "llm-service:replicas"
@@ -83,21 +86,19 @@ class Replicas:
 
 
 class RedisReplicas(Replicas):
-    def __init__(self, uri: str, timeout_s: float, interval_s: float, least: int | None = None,
-                 clock: Callable[[], float] = time.time, replica_id: str | None = None) -> None:
-        import redis.asyncio as redis
+    """Beats through the shared storage's guarded call: while it is down (logged there, once)
+    the last view stays."""
 
+    def __init__(self, storage: RedisStorage, interval_s: float, least: int | None = None,
+                 clock: Callable[[], float] = time.time, replica_id: str | None = None) -> None:
         super().__init__(least)
-        # limits spells a Unix socket redis+unix://, redis-py unix://.
-        uri = "unix://" + uri.removeprefix("redis+unix://") if uri.startswith("redis+unix://") else uri
-        self._redis = redis.Redis.from_url(uri, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._beat = self._redis.register_script(_BEAT)
-        self.timeout_s = timeout_s * 2
+        self._storage = storage
+        self._beat = storage.client.register_script(_BEAT)
+        storage.serves("replica heartbeat: the last replica count is kept")
         self.interval_s = interval_s
         self._clock = clock
         self.id = replica_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
         self._stopped = False  # after shutdown the front door still serves kept-alive connections
 
     def start(self) -> None:
@@ -113,16 +114,14 @@ class RedisReplicas(Replicas):
     async def beat(self) -> View:
         """Announce this replica, read the live ones; on failure keep the last view."""
         ttl = TTL_HEARTBEATS * self.interval_s
+        args: list[str | float] = [repr(self._clock()), self.id, ttl]
         try:
-            async with asyncio.timeout(self.timeout_s):
-                members: Any = await self._beat(keys=[HEARTBEATS_KEY], args=[repr(self._clock()), self.id, ttl])
-        except Exception as exc:  # noqa: BLE001 - a heartbeat must never end the loop
-            if not self._failing:
-                logger.warning("replica heartbeat failed (%s); limits keep the last count, %d replica(s)",
-                               type(exc).__name__, self.view.count)
-            self._failing = True
+            members: Any = await self._storage.call(lambda: self._beat(keys=[HEARTBEATS_KEY], args=args))
+        except StorageUnavailable:
             return self.view
-        self._failing = False
+        except Exception:  # noqa: BLE001 - a heartbeat must never end the loop
+            logger.exception("replica heartbeat failed; limits keep the last count, %d replica(s)", self.view.count)
+            return self.view
         self.learn([m.decode() if isinstance(m, bytes) else str(m) for m in members])
         return self.view
 
@@ -134,25 +133,21 @@ class RedisReplicas(Replicas):
         self.view = view
 
     async def stop(self) -> None:
-        """Leave at once (the others' shares grow at their next beat), then close."""
+        """Leave at once: the others' shares grow at their next beat. (The storage's owner
+        closes its connections.)"""
         self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         try:
-            async with asyncio.timeout(self.timeout_s):
-                await self._redis.zrem(HEARTBEATS_KEY, self.id)
-        except Exception:  # noqa: BLE001 - shutdown must go on
-            logger.debug("leaving the replica set failed", exc_info=True)
-        try:
-            await self._redis.aclose()
-        except Exception:  # noqa: BLE001 - shutdown must go on
-            logger.debug("closing the replica heartbeat's connection failed", exc_info=True)
+            await self._storage.call(lambda: self._storage.client.zrem(HEARTBEATS_KEY, self.id))
+        except StorageUnavailable:
+            logger.debug("leaving the replica set failed: the storage is unavailable")
 
 
-def replicas_for(settings: Any) -> Replicas:
+def replicas_for(storage: Storage, settings: Any) -> Replicas:
     """A heartbeat in the shared storage (Redis), else alone."""
-    if settings.storage_uri.startswith("memory://"):
-        return Replicas()
-    return RedisReplicas(settings.storage_uri, settings.storage_timeout_s, settings.heartbeat_s, settings.replicas)
+    if isinstance(storage, RedisStorage):
+        return RedisReplicas(storage, settings.heartbeat_s, settings.replicas)
+    return Replicas()

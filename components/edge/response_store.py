@@ -15,23 +15,23 @@ responses out (issue #24, rule 5):
   many tenants refuses new records until some expire, it never drops a tenant's records for
   another's. One key fills at most its quota (an eighth by default) of the store.
 In Redis one Lua script applies both rules atomically for every replica; Redis' own
-`maxmemory` eviction must never be the bound (docs/deployment.md, "Redis")."""
+`maxmemory` eviction must never be the bound (docs/deployment.md, "Redis"). Redis is reached
+through the shared storage's guarded call (components/storage/); while it fails, or rests
+after a failure, the store answers 503."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from components.core.errors import Unavailable
-from components.edge.ledger import STORAGE_ERRORS
-
-logger = logging.getLogger(__name__)
+from components.core.settings import LimitSettings
+from components.storage.backend import RedisStorage, Storage
+from components.storage.guard import StorageUnavailable
 
 # A key's default share of the store, and the smallest average record its count allows
 # (a stored response with its conversation is over 1 KiB of JSON).
@@ -114,18 +114,6 @@ class MemoryStore:
         if not owned:
             del self._by_owner[record.owner], self._bytes[record.owner]
 
-    async def close(self) -> None:
-        return None
-
-
-@contextlib.asynccontextmanager
-async def _unavailable(action: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except STORAGE_ERRORS as exc:
-        logger.error("response store (redis) could not %s: %s", action, type(exc).__name__)
-        raise Unavailable("The response store is unavailable; retry later.") from exc
-
 
 # Records are `llm:responses:<id>` (with Redis' own TTL, so that a read never sees an
 # expired one); the index is under another prefix, so that no id a client sends can name it:
@@ -192,57 +180,64 @@ forget(ARGV[3])
 return 0
 """
 _RECORDS, _INDEX = "llm:responses:", "llm:responses-index:"
+T = TypeVar("T")
 
 
 class RedisStore:
     """Every replica's responses, under the same bound as MemoryStore, kept by Lua scripts."""
 
-    def __init__(self, uri: str, timeout_s: float, ttl_s: int, quota: Quota) -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.Redis.from_url(uri, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    def __init__(self, storage: RedisStorage, ttl_s: int, quota: Quota) -> None:
+        self._storage = storage
+        self._redis = storage.client
         self._ttl_s = ttl_s
         self._quota = quota
         self._put = self._redis.register_script(_PUT)
         self._delete = self._redis.register_script(_DELETE)
+        storage.serves("stored responses: 503")
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await self._storage.call(operation)
+        except StorageUnavailable:
+            raise Unavailable("The response store is unavailable; retry later.") from None
 
     async def get(self, response_id: str) -> dict[str, Any] | None:
-        async with _unavailable("read"):
-            raw = await self._redis.get(_RECORDS + response_id)
+        raw = await self._call(lambda: self._redis.get(_RECORDS + response_id))
         return json.loads(raw) if raw is not None else None
 
     async def put(self, response_id: str, owner: str, text: str) -> bool:
         quota = self._quota
-        async with _unavailable("write"):
-            kept = await self._put(args=[_RECORDS, _INDEX, response_id, owner, text, self._ttl_s * 1000,
-                                         quota.max_bytes, quota.key_bytes, quota.key_records])
-        return bool(kept)
+        args: list[str | int] = [_RECORDS, _INDEX, response_id, owner, text, self._ttl_s * 1000, quota.max_bytes,
+                                 quota.key_bytes, quota.key_records]
+        return bool(await self._call(lambda: self._put(args=args)))
 
     async def delete(self, response_id: str) -> None:
-        async with _unavailable("delete"):
-            await self._delete(args=[_RECORDS, _INDEX, response_id])
+        await self._call(lambda: self._delete(args=[_RECORDS, _INDEX, response_id]))
 
     async def clear(self) -> None:
         """Every record and the index (tests)."""
-        async with _unavailable("clear"):
+        async def clear() -> None:
             for prefix in (_RECORDS, _INDEX):
                 async for key in self._redis.scan_iter(match=prefix + "*"):
                     await self._redis.delete(key)
 
-    async def close(self) -> None:
-        await self._redis.aclose()
+        await self._call(clear)
 
 
 Store = MemoryStore | RedisStore
 
 
-def store_for(limits: Any, api: Any, one_tenant: bool = False) -> Store:
-    """In Redis at RESPONSES_STORE_URI, unset: where the rate limits are
-    (RATE_LIMIT_STORAGE_URI); memory:// keeps them in this replica. `one_tenant` (keys
-    off): every caller is one owner, whose default quota is then the whole store."""
-    uri = limits.responses_store_uri or limits.storage_uri
+def store_uri(limits: LimitSettings) -> str:
+    """RESPONSES_STORE_URI, unset: where the rate limits are (RATE_LIMIT_STORAGE_URI)."""
+    return limits.responses_store_uri or limits.storage_uri
+
+
+def store_for(storage: Storage, api: Any, one_tenant: bool = False) -> Store:
+    """In Redis, shared by every replica, or in this replica's memory, as `storage` is
+    (the one for `store_uri`). `one_tenant` (keys off): every caller is one owner, whose
+    default quota is then the whole store."""
     own = api.responses_key_max_bytes or (api.responses_max_bytes if one_tenant else None)
     quota = Quota.of(api.responses_max_bytes, own, api.responses_key_max_records)
-    if uri.startswith("memory://"):
-        return MemoryStore(api.responses_ttl_s, quota)
-    return RedisStore(uri, limits.storage_timeout_s, api.responses_ttl_s, quota)
+    if isinstance(storage, RedisStorage):
+        return RedisStore(storage, api.responses_ttl_s, quota)
+    return MemoryStore(api.responses_ttl_s, quota)

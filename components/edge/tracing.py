@@ -11,7 +11,8 @@ middleware put in the request's context (no module-level tracer).
 Sampling: TRACES_SAMPLE_RATIO of traces. A trace we start is decided on its (random) trace
 id; one a client continues, by a random draw whatever its parent says: a client chooses its
 trace ids and flags, so neither may make every one of its requests traced. vLLM's span
-follows our decision (the rewritten header carries it). Probes and /metrics are not traced.
+follows our decision (the rewritten header carries it). The routes the route table marks
+untraced (probes, /metrics) have no span.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from components.core.context import request_context
+from components.core.routes import route as route_of
 
 _NULL = contextlib.nullcontext()
-_UNTRACED = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 
 class Tracing:
@@ -99,6 +100,8 @@ def span(ctx: Any, name: str) -> contextlib.AbstractContextManager[Any]:
 class TraceMiddleware:
     """The request's server span; installed only when tracing is on."""
 
+    passes_body_through = True
+
     def __init__(self, app: ASGIApp, tracer: Any, route: Any) -> None:
         from opentelemetry.propagate import extract, inject
         from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -110,7 +113,7 @@ class TraceMiddleware:
         self._server, self._status, self._error = SpanKind.SERVER, Status, StatusCode.ERROR
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _UNTRACED:
+        if scope["type"] != "http" or not route_of(scope["path"]).traced:
             await self.app(scope, receive, send)
             return
         carrier: dict[str, str] = {}

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -30,10 +31,13 @@ from components.edge.tracing import span
 from components.serving.interrupts import Interrupts, Writer
 from components.serving.lifecycle import Gate, Pass
 from components.serving.validation import Generation, requested_max_tokens, reservation
-from components.vllm_adapter.vllm_bridge import Stream
-from components.vllm_adapter.vllm_hooks import Delivery, EngineTags, client_chose_max_tokens, engine_tags, on_rendered
+from components.vllm_adapter.delivery import Delivery
+from components.vllm_adapter.engine_call import EngineCall
+from components.vllm_adapter.streams import EventStream
 
-Call = Callable[[Any, Request], Awaitable[Any]]
+# A route's way into the engine: vLLM's request model, the request, this generation's
+# engine call; a finished answer, or its events.
+Call = Callable[[Any, Request, EngineCall], Awaitable[BaseModel | EventStream]]
 
 
 @dataclass(frozen=True)
@@ -90,15 +94,12 @@ class GenerationResponse(Response):
         self._delivery = Delivery()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The token reservation, if any, is made once vLLM has counted the prompts and is
-        settled here, once, however the request ends."""
+        """The token reservation, if any, is made once vLLM has counted the prompts
+        (`EngineCall.reserve`) and is settled here, once, however the request ends."""
         ctx = request_context(scope)
-        reserving = on_rendered.set(self._reserve) if self._reserving else None
         try:
             await self._run(ctx, receive, send)
         finally:
-            if reserving is not None:
-                on_rendered.reset(reserving)
             if self._hold is not None:
                 await settle_quietly(self._hold, self._used(self._hold))
 
@@ -123,27 +124,26 @@ class GenerationResponse(Response):
             async with Interrupts(receive, write) as interrupts:
                 with span(ctx, "queue"):
                     ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight,
-                                                   gen.priority)
-                ticket.interrupt = interrupts.interrupt
-                gen.body.priority = ticket.slot.priority
+                                                   gen.priority, interrupt=interrupts.interrupt)
                 async with ticket:
                     with span(ctx, "engine"):
-                        # Until the response is written: a streamed Responses request reaches
-                        # the engine (and vLLM's context check) only once its stream is read.
-                        chosen = client_chose_max_tokens.set(gen.client_chose_max_tokens)
-                        tags = engine_tags.set(EngineTags(ticket.slot.klass, cache_salt(ctx.policy),
-                                                          self._delivery if self._reserving else None))
-                        try:
-                            result = await self.call(gen.body, self.request)
-                            if gen.stream:
-                                await self._stream(result, ticket, write, ctx)
-                            else:
-                                await self._respond(result, ticket, write, ctx)
-                        finally:
-                            engine_tags.reset(tags)
-                            client_chose_max_tokens.reset(chosen)
+                        result = await self.call(gen.body, self.request, self._engine_call(ticket, ctx))
+                        if isinstance(result, BaseModel):
+                            await self._respond(result, write, ctx)
+                        else:
+                            await self._stream(result, ticket, write, ctx)
         except ServiceError as error:
             await self._fail(error, write, ctx)
+
+    def _engine_call(self, ticket: Pass, ctx: RequestContext) -> EngineCall:
+        gen = self.generation
+        return EngineCall(
+            cache_salt=cache_salt(ctx.policy), priority_class=ticket.slot.klass,
+            engine_priority=ticket.slot.engine_priority,
+            reserve=self._reserve if self._reserving else None, delivery=self._delivery if self._reserving else None,
+            client_chose_max_tokens=gen.client_chose_max_tokens, grammars=gen.grammars, usage=gen.usage_shown,
+            on_finished=ticket.engine_finished,
+        )
 
     async def _settle_now(self) -> None:
         """Settle as soon as the engine's count is known, before the last byte goes out: a
@@ -151,8 +151,7 @@ class GenerationResponse(Response):
         if self._hold is not None:
             await settle_quietly(self._hold, self._used(self._hold))
 
-    async def _respond(self, result: Any, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
-        ticket.engine_finished()
+    async def _respond(self, result: BaseModel, write: Writer, ctx: RequestContext) -> None:
         ctx.usage = self.dialect.usage(result)
         choices = getattr(result, "choices", None) or []
         ctx.finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
@@ -161,11 +160,7 @@ class GenerationResponse(Response):
         await self._settle_now()
         await write.json(json.dumps(self.dialect.body(result), ensure_ascii=False).encode())
 
-    async def _stream(self, stream: Stream, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
-        stream.forward_usage = self.generation.forward_usage
-        gen = self.generation
-        stream.strip_continuous_usage = gen.token_limits is not None and not gen.client_continuous_usage
-        stream.on_finished = ticket.engine_finished
+    async def _stream(self, stream: EventStream, ticket: Pass, write: Writer, ctx: RequestContext) -> None:
         try:
             await write({
                 "type": "http.response.start",
@@ -185,13 +180,13 @@ class GenerationResponse(Response):
         finally:
             if stream.error is not None:
                 ticket.record_error(stream.error)
-                ctx.error_type = stream.error.code
+                ctx.record_error(stream.error)  # the stream wrote its error event
             ctx.usage = stream.usage
             # Closing vLLM's generator aborts the engine request if it is still running.
             await stream.aclose()
 
     async def _fail(self, error: ServiceError, write: Writer, ctx: RequestContext) -> None:
-        ctx.error_type = error.code
+        ctx.record_error(error)  # also when nothing more can be sent (a stalled or gone client)
         if isinstance(error, ClientClosed):
             ctx.status = ClientClosed.status
         if isinstance(error, StreamStalled):
@@ -200,7 +195,7 @@ class GenerationResponse(Response):
             if not write.started:
                 # Also for a disconnected client (uvicorn drops it): a response start ends
                 # every wrapper's wait, BentoML's timeout middleware included.
-                await send_error(write, error)
+                await send_error(self.request.scope, write, error)
             elif not isinstance(error, ClientClosed):
                 await write({"type": "http.response.body", "body": self.dialect.stream_error(error).encode()})
         except StreamStalled:

@@ -8,8 +8,9 @@ and meanwhile nothing else on the loop (probes included) is answered. Before the
 validated, the guard builds every grammar the body carries in a worker process, under
 GRAMMAR_TIMEOUT_SECONDS; past it the worker is killed (a thread cannot be stopped, and the
 build would go on burning a core) and the request gets a 400 naming the field. What it
-built in time, it records for the rest of the request (`built_grammars`), and vLLM's
-validation skips those builds instead of repeating them on the loop (components/vllm_adapter/vllm_hooks.py).
+built in time, it returns as keys; the route hands them to the adapter (for vLLM's request
+models, and with the engine call), and vLLM's validation skips those builds instead of
+repeating them on the loop (components/vllm_adapter/grammar_reuse.py).
 
 A build bounds only half the cost: the engine core then compiles the grammar against the
 model's vocabulary (xgrammar's GrammarCompiler, in its thread pool), with no limit: the
@@ -21,8 +22,8 @@ a grammar that passed takes about as long, and that is its bound. A grammar that
 but does not compile (with vLLM's compiler cache on, xgrammar fails on long repeats such as
 `.{300}`) is a 400 `invalid_grammar` naming the field, instead of the engine failing the
 request (which vLLM answers with a 500).
-The record lives in the request's context: it holds this request's grammars only, is gone
-with the request, and no other request (or tenant) can add to it or evict from it.
+The keys are the request's own: they name this request's grammars only, are gone with the
+request, and no other request (or tenant) can add to them or evict from them.
 
 The fields read are a superset of what vLLM may compile, whatever the route: a grammar
 that cannot be built in time is refused even where it would not have been used. A grammar
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core.errors import InvalidRequest, Overloaded
-from components.vllm_adapter.vllm_hooks import built_grammars, grammar_key
+from components.vllm_adapter.grammar_reuse import grammar_key
 
 logger = logging.getLogger(__name__)
 
@@ -199,13 +200,11 @@ class GrammarGuard:
         self._slots = asyncio.Semaphore(workers)
         self._idle: list[_Worker] = []
 
-    async def check(self, specs: list[Spec]) -> None:
-        """Build and compile `specs` within the limit, or refuse the request; then record, for the rest
-        of the calling request, which builds succeeded (an awaited coroutine sets the
-        caller's context)."""
-        built_grammars.set(frozenset())
+    async def check(self, specs: list[Spec]) -> frozenset[str]:
+        """Build and compile `specs` within the limit, or refuse the request; the keys
+        (`grammar_key`) of the builds that succeeded."""
         if not specs:
-            return
+            return frozenset()
         try:
             await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
         except TimeoutError:
@@ -216,7 +215,7 @@ class GrammarGuard:
         finally:
             self._slots.release()
         keys = (grammar_key(kind, specs[index].source) for index, kind in built)
-        built_grammars.set(frozenset(key for key in keys if key is not None))
+        return frozenset(key for key in keys if key is not None)
 
     async def _build(self, specs: list[Spec]) -> list[tuple[int, str]]:
         worker = self._idle.pop() if self._idle else await _Worker.start(self.tokenizer)

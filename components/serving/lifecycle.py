@@ -18,7 +18,8 @@ from types import TracebackType
 from typing import Any
 
 from components.core.errors import ClientClosed, GenerationTimeout, ServiceError, ServingFailure, Unavailable
-from components.serving.admission import STANDARD, Admission, Slot
+from components.core.priority import STANDARD
+from components.serving.admission import Admission, Slot
 from components.serving.breaker import CircuitBreaker
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ Aborter = Callable[[Sequence[str]], Awaitable[None]]
 
 
 class Pass:
-    def __init__(self, gate: Gate, engine_ids: Sequence[str], slot: Slot, trial: bool) -> None:
+    def __init__(self, gate: Gate, engine_ids: Sequence[str], slot: Slot, trial: bool,
+                 interrupt: Callable[[ServiceError], None] | None = None) -> None:
         self.gate = gate
         self.engine_ids = engine_ids
         self.slot = slot
@@ -39,7 +41,7 @@ class Pass:
         self._timer: asyncio.TimerHandle | None = None
         self._released = False
         # Interrupts the task that runs this generation (see generation.py).
-        self.interrupt: Callable[[ServiceError], None] = lambda error: None
+        self.interrupt: Callable[[ServiceError], None] = interrupt or (lambda error: None)
 
     async def __aenter__(self) -> Pass:
         return self
@@ -119,16 +121,17 @@ class Gate:
         task.add_done_callback(self._tasks.discard)
 
     async def admit(self, key: str, sequences: int, engine_ids: Sequence[str], share: int | None = None,
-                    priority: int = STANDARD) -> Pass:
+                    level: int = STANDARD, interrupt: Callable[[ServiceError], None] | None = None) -> Pass:
         """Breaker first (an open one refuses without queueing), then a slot. `share`: the
-        key's own cap on sequences running (keys file max_inflight); `priority`: its class."""
+        key's own cap on sequences running (keys file max_inflight); `level`: its priority class;
+        `interrupt`: stops the task that runs the generation, when it is aborted."""
         trial = self.breaker.before_call()
         try:
-            slot = await self.admission.acquire(key, sequences, share, priority)
+            slot = await self.admission.acquire(key, sequences, share, level)
         except BaseException:
             self.breaker.release_trial(trial)
             raise
-        ticket = Pass(self, engine_ids, slot, trial)
+        ticket = Pass(self, engine_ids, slot, trial, interrupt)
         self.inflight.add(ticket)
         self.total += 1
         if self.request_timeout_s > 0:

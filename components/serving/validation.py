@@ -12,6 +12,7 @@ from components.core.request_fields import declared, out_of_range, request_kind
 from components.core.settings import ApiSettings
 from components.edge.ledger import TokenLimits
 from components.serving.admission import STANDARD
+from components.vllm_adapter.engine_call import UsageShown
 from components.vllm_adapter.vllm_bridge import OpenAIBridge, prompt_count, request_models
 
 _, _, StreamOptions = request_models()
@@ -25,12 +26,12 @@ class Generation:
     sequences: int  # engine sequences: n x prompts
     engine_ids: tuple[str, ...]
     stream: bool
-    forward_usage: bool  # the client asked for the usage chunk
+    usage_shown: UsageShown  # what a stream shows of the usage vLLM is always asked for
     client_chose_max_tokens: bool
     token_limits: TokenLimits | None = None  # the key's token windows; None: nothing to reserve
-    client_continuous_usage: bool = False  # the client asked for usage in every chunk
     max_inflight: int | None = None  # the key's own cap on running sequences
     priority: int = STANDARD  # the class, lower first (admission and vLLM's scheduler)
+    grammars: frozenset[str] = frozenset()  # the guard's builds for it (components/serving/grammar_guard.py)
 
 
 def reservation(prompt_lengths: list[int], max_model_len: int, n: int, max_tokens: int | None) -> int:
@@ -65,9 +66,10 @@ def check_ranges(body: Any) -> None:
 
 
 def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits | None = None,
-             policy: Any = None) -> Generation:
+             policy: Any = None, grammars: frozenset[str] = frozenset()) -> Generation:
     """Check what the engine would accept too late or not at all; raise InvalidRequest.
-    `policy`: the key's KeyPolicy (its class, its own cap on running sequences)."""
+    `policy`: the key's KeyPolicy (its class, its own cap on running sequences);
+    `grammars`: the keys of the grammars the guard built for this request."""
     check_ranges(body)
     n = declared(body, "n") or 1
     if n > limits.max_n:
@@ -126,6 +128,7 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
     # A request may lower its own priority (a larger number), never raise it above its key's.
     floor = policy.priority if policy is not None else STANDARD
     body.priority = max(int(declared(body, "priority") or 0), floor)
-    return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, forward_usage, chose,
-                      limited, continuous,
-                      policy.max_inflight if policy is not None else None, body.priority)
+    # The service's usage in every chunk (with limits) is taken out again unless the client asked for it.
+    shown = UsageShown(final=forward_usage, per_chunk=continuous or limited is None)
+    return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, shown, chose,
+                      limited, policy.max_inflight if policy is not None else None, body.priority, grammars)

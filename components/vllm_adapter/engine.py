@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from components.core.host import pid_alive
+from components.vllm_adapter import gpu_preflight, internals
 from components.vllm_adapter.engine_spec import EngineSpec
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ def parse_engine_args(spec: EngineSpec) -> Namespace:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = make_arg_parser(FlexibleArgumentParser())
-    return parser.parse_args(spec.cli_args)
+    args: Namespace = parser.parse_args(spec.cli_args)
+    return args
 
 
 def waiting_stat_logger(waiting_outside: Callable[[], int]) -> type:
@@ -43,6 +45,7 @@ def waiting_stat_logger(waiting_outside: Callable[[], int]) -> type:
     """
     from vllm.v1.metrics.loggers import PrometheusStatLogger
 
+    # Its base, the method and attribute it relies on: internals.STAT_LOGGER.
     class WaitingIncludesQueue(PrometheusStatLogger):
         def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                    engine_idx: int = 0) -> None:
@@ -56,6 +59,7 @@ def waiting_stat_logger(waiting_outside: Callable[[], int]) -> type:
 
 
 async def start_engine(args: Namespace, waiting_outside: Callable[[], int] = lambda: 0) -> AsyncLLM:
+    gpu_preflight.require_ready()  # a driver or GPU this CUDA build cannot use: one line, not torch's trace
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -97,17 +101,16 @@ def freeze_startup_heap() -> None:
     millions of objects) moves out of the garbage collector's way. Without it every oldest-
     generation collection walked that heap, seen as the largest cost in the API process's
     CPU profile at concurrency 64 (our process had the only one of the two that did)."""
-    from vllm.utils.gc_utils import freeze_gc_heap
-
-    freeze_gc_heap()
+    internals.FREEZE_GC_HEAP.resolve()()
 
 
-# vLLM 0.32 internals read below (AsyncLLM). After a vLLM upgrade, re-read
-# vllm/v1/engine/async_llm.py and core_client.py; a path that is gone is logged at ERROR
-# once and counted (vllm_engine_introspection_failures_total), never silently skipped.
-PIDS_PATH = "engine_core.resources.engine_manager.processes"
-UNFINISHED_PATH = "output_processor.get_num_unfinished_requests"
-ERRORED_PATH = "errored"
+# vLLM 0.32 internals read below (AsyncLLM), one hop per entry of internals.py (checked
+# against the installed vLLM by tests/unit/test_vllm_canary.py); at run time a path that is
+# gone is logged at ERROR once and counted (vllm_engine_introspection_failures_total), never
+# silently skipped.
+PIDS_PATH = internals.dotted(internals.PIDS_PATH)
+UNFINISHED_PATH = internals.dotted(internals.UNFINISHED_PATH)
+ERRORED_PATH = internals.ERRORED.name
 _reported: set[str] = set()
 
 

@@ -16,7 +16,9 @@ The class comes with each request in `SamplingParams.extra_args` (CLASS_ARG), se
 service for every request it sends (components/vllm_adapter/vllm_hooks.py); a request without it is
 never held and never holds others. No library offers this: vLLM's scheduler is the only
 place where a step's batch is chosen, and `--scheduler-cls` is its documented extension
-point. This module runs in vLLM's engine core process."""
+point. What it reads and overrides of vLLM's scheduler and requests is listed in
+components/vllm_adapter/internals.py (SCHEDULER_*, REQUEST_*). This module runs in vLLM's
+engine core process."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from components.vllm_adapter.vllm_hooks import CLASS_ARG
+from components.core.priority import CLASS_ARG
 
 _STARTED = "_service_class_step_done"
 

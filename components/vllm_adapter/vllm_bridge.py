@@ -1,27 +1,29 @@
-"""The one place that touches vLLM's OpenAI serving layer (internal API, pinned to vLLM 0.32).
+"""The one place that touches vLLM's OpenAI serving layer (internal API, pinned to vLLM 0.32;
+each internal name it relies on is an entry of components/vllm_adapter/internals.py).
 
-It turns vLLM's objects into ours: an `ErrorResponse` or a raised exception becomes a
-`ServiceError`, an error event inside a stream becomes our SSE error event (the mapping
-itself: components/vllm_adapter/vllm_errors.py).
+The service calls it with explicit, typed facts: each generation's `EngineCall`
+(components/vllm_adapter/engine_call.py), current while vLLM handles the call and while its
+stream is read (components/vllm_adapter/call_scope.py). It turns vLLM's objects into ours: an
+`ErrorResponse` or a raised exception becomes a `ServiceError`, an error event inside a
+stream becomes our SSE error event (the mapping itself: components/vllm_adapter/vllm_errors.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from components.core.errors import InvalidRequest, ServiceError, from_status, render_sse
+from pydantic import BaseModel
+
+from components.core.errors import InvalidRequest, from_status
 from components.core.request_fields import request_kind
-from components.vllm_adapter.vllm_errors import error_from_event, from_error_info, to_service_error
-from components.vllm_adapter.vllm_hooks import (
-    install_context_check,
-    install_engine_tags,
-    install_grammar_reuse,
-    report_rendered,
-)
+from components.vllm_adapter import call_scope, internals
+from components.vllm_adapter.engine_call import EngineCall
+from components.vllm_adapter.grammar_reuse import install_grammar_reuse
+from components.vllm_adapter.streams import EventStream, Stream
+from components.vllm_adapter.vllm_errors import from_error_info, to_service_error
+from components.vllm_adapter.vllm_hooks import install_context_check, install_engine_tags, report_rendered
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -29,14 +31,14 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from vllm.v1.engine.async_llm import AsyncLLM
 
+__all__ = ["EventStream", "OpenAIBridge", "Stream", "api_models", "prompt_count", "request_models",
+           "to_service_error", "vllm_error_types"]
+
 logger = logging.getLogger(__name__)
-
-# vLLM reports a failure inside a stream as an event of this form.
-_ERROR_PREFIX = 'data: {"error"'
-_USAGE_MARKER = '"usage":{'
+Method = Callable[[Any, Any], Awaitable[Any]]
 
 
-def request_models() -> tuple[type, type, type]:
+def request_models() -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """vLLM's pydantic request models, so that validation matches vLLM's own server."""
     from vllm.entrypoints.generate.base.protocol import StreamOptions
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -45,7 +47,7 @@ def request_models() -> tuple[type, type, type]:
     return ChatCompletionRequest, CompletionRequest, StreamOptions
 
 
-def api_models() -> tuple[type, type, type, Any, type]:
+def api_models() -> tuple[type[BaseModel], type[BaseModel], type[BaseModel], Any, type[BaseModel]]:
     """vLLM's request models of the other routes: Anthropic Messages and count_tokens
     (components/api/anthropic.py), Responses (components/api/responses_api.py), /tokenize
     (completion or chat form) and /detokenize."""
@@ -60,74 +62,6 @@ def vllm_error_types() -> tuple[type[Exception], ...]:
     from vllm.exceptions import VLLMError
 
     return (VLLMError,)
-
-
-@dataclass
-class Stream:
-    """An SSE stream from vLLM whose error events have been rewritten into our shape.
-
-    It records the usage chunk (the routes always ask vLLM for one, for exact token
-    accounting) and drops it when the client did not ask for it.
-    """
-
-    source: AsyncIterator[str]
-    forward_usage: bool = True
-    # The service asked for usage in every chunk (to charge a dropped stream what it
-    # used); the client did not: taken out of the chunks it gets.
-    strip_continuous_usage: bool = False
-    usage: dict[str, Any] | None = None
-    error: ServiceError | None = None
-    # Called once the usage chunk arrives: vLLM sends it when every choice has finished,
-    # so the engine is done with the request; only writing is left.
-    on_finished: Callable[[], None] = lambda: None
-    # Whether the engine reports itself dead: an error event is only text, and this typed
-    # fact is what tells an EngineDeadError vLLM caught apart from any other 5xx.
-    engine_dead: Callable[[], bool] = lambda: False
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[str]:
-        try:
-            async for event in self.source:
-                if event.startswith(_ERROR_PREFIX):
-                    self.error = error_from_event(event, self.engine_dead)
-                    yield render_sse(self.error)
-                    return
-                if _USAGE_MARKER in event:
-                    final, rewritten = self._take_usage(event)
-                    if final:
-                        self.on_finished()
-                        if not self.forward_usage:
-                            continue
-                    elif rewritten is not None:
-                        event = rewritten
-                yield event
-        except Exception as exc:  # noqa: BLE001 - every engine fault ends the stream cleanly
-            self.error = to_service_error(exc)
-            yield render_sse(self.error)
-
-    def _take_usage(self, event: str) -> tuple[bool, str | None]:
-        """(whether `event` is the final usage-only chunk, the event rewritten without its
-        usage when that is to be stripped)."""
-        try:
-            chunk = json.loads(event[len("data: ") :])
-        except ValueError:
-            return False, None
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = usage
-        if bool(usage) and not chunk.get("choices"):
-            return True, None
-        if usage and self.strip_continuous_usage:
-            del chunk["usage"]
-            return False, f"data: {json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))}\n\n"
-        return False, None
-
-    async def aclose(self) -> None:
-        close = getattr(self.source, "aclose", None)
-        if close is not None:
-            await close()
 
 
 def prompt_count(body: Any) -> int:
@@ -149,26 +83,26 @@ class OpenAIBridge:
     @classmethod
     async def create(cls, engine: AsyncLLM, args: Namespace) -> OpenAIBridge:
         from starlette.datastructures import State
-        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.entrypoints.openai.chat_completion import serving as chat_serving
-        from vllm.entrypoints.openai.completion import serving as completion_serving
-        from vllm.entrypoints.openai.responses import serving as responses_serving
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-        from vllm.v1.structured_output import backend_xgrammar
 
-        install_context_check((chat_serving, completion_serving, responses_serving))
+        install_context_check(internals.GET_MAX_TOKENS)
         install_engine_tags(engine)
-        install_grammar_reuse(backend_xgrammar)
+        install_grammar_reuse()
         state = State()
         tasks = await engine.get_supported_tasks()
-        await init_app_state(engine, state, args, tasks)
-        for handler, method in ((state.openai_serving_chat, "render_chat_request"),
-                                (state.openai_serving_completion, "render_completion_request"),
-                                (state.openai_serving_responses, "_render_resolved_response_inputs")):
+        await internals.INIT_APP_STATE.resolve()(engine, state, args, tasks)
+        for name, render in internals.RENDERS.items():
+            handler = getattr(state, name, None)
             if handler is not None:
-                report_rendered(handler, method, ErrorResponse)
+                report_rendered(handler, render, ErrorResponse)
         served = args.served_model_name[0] if args.served_model_name else args.model
-        return cls(state, served)
+        return cls(state, str(served))
+
+    @staticmethod
+    def grammars_built(keys: frozenset[str]) -> None:
+        """For the rest of the calling request: vLLM's request models, which FastAPI
+        validates next, skip these builds (the grammar guard made them off the loop)."""
+        call_scope.expect_built_grammars(keys)
 
     @staticmethod
     def engine_ids(body: Any) -> list[str]:
@@ -180,28 +114,42 @@ class OpenAIBridge:
             return [f"{body.request_id}_0"]
         return [f"cmpl-{body.request_id}-{index}" for index in range(prompt_count(body))]
 
-    async def abort(self, engine_ids: Any) -> None:
+    async def abort(self, engine_ids: Iterable[str]) -> None:
         try:
             await self._state.engine_client.abort(list(engine_ids))
         except Exception:  # noqa: BLE001 - aborting a finished or dead request is not an error
             logger.debug("abort of %s failed", engine_ids, exc_info=True)
 
-    async def chat(self, body: Any, raw_request: Request) -> Any:
-        handler = self._state.openai_serving_chat
-        if handler is None:
-            raise from_status(501, "This model does not support chat completions.")
-        return await self.call(handler.create_chat_completion, body, raw_request)
+    async def chat(self, body: Any, raw_request: Request, call: EngineCall) -> BaseModel | Stream:
+        handler = self.serving("openai_serving_chat", "does not support chat completions")
+        return self._stream(await self._generate(handler.create_chat_completion, body, raw_request, call), call)
 
-    async def completion(self, body: Any, raw_request: Request) -> Any:
-        handler = self._state.openai_serving_completion
-        if handler is None:
-            raise from_status(501, "This model does not support completions.")
-        return await self.call(handler.create_completion, body, raw_request)
+    async def completion(self, body: Any, raw_request: Request, call: EngineCall) -> BaseModel | Stream:
+        handler = self.serving("openai_serving_completion", "does not support completions")
+        return self._stream(await self._generate(handler.create_completion, body, raw_request, call), call)
 
-    async def responses(self, body: Any, raw_request: Request) -> Any:
-        """A finished response, or vLLM's generator of event models (components/api/responses_api.py)."""
+    async def responses(self, body: Any, raw_request: Request, call: EngineCall) -> BaseModel | AsyncIterator[Any]:
+        """A finished response, or vLLM's event models (components/api/responses_api.py)."""
         handler = self.serving("openai_serving_responses", "does not support the Responses API")
-        return await self.call(handler.create_responses, body, raw_request, wrap=False)
+        return await self._generate(handler.create_responses, body, raw_request, call)
+
+    async def _generate(self, method: Method, body: Any, raw_request: Request,
+                       call: EngineCall) -> BaseModel | AsyncIterator[Any]:
+        """A finished answer (the engine is done: `call.on_finished` told), or vLLM's
+        stream, read with `call` current; raises ServiceError. vLLM's scheduler sees the
+        call's priority, whatever the body said."""
+        body.priority = call.engine_priority
+        with call_scope.engine_call(call):
+            result = await self.call(method, body, raw_request)
+        if isinstance(result, BaseModel):
+            call.on_finished()
+            return result
+        return call_scope.Scoped(result, call)
+
+    def _stream(self, result: BaseModel | AsyncIterator[Any], call: EngineCall) -> BaseModel | Stream:
+        if isinstance(result, BaseModel):
+            return result
+        return Stream(result, call.usage, call.on_finished, self.engine_dead)
 
     async def tokenize(self, body: Any, raw_request: Request) -> Any:
         return await self.call(self._tokenization().create_tokenize, body, raw_request)
@@ -225,9 +173,8 @@ class OpenAIBridge:
             raise from_status(501, f"This model {lacks}.")
         return handler
 
-    async def call(self, method: Any, body: Any, raw_request: Request, wrap: bool = True) -> Any:
-        """A response model (pydantic), or a `Stream` (vLLM's generator if not `wrap`); raises
-        ServiceError."""
+    async def call(self, method: Method, body: Any, raw_request: Request | None) -> Any:
+        """A response model (pydantic) or vLLM's generator; raises ServiceError."""
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         try:
@@ -236,11 +183,9 @@ class OpenAIBridge:
             raise to_service_error(exc) from exc
         if isinstance(result, ErrorResponse):
             raise from_error_info(result.error.code, result.error.message, result.error.param)
-        if hasattr(result, "model_dump") or not wrap:
-            return result
-        return Stream(result, engine_dead=self.engine_dead)
+        return result
 
     def engine_dead(self) -> bool:
         """Whether vLLM's engine client reports its engine core dead: set before it raises
         EngineDeadError into the requests' generators."""
-        return bool(getattr(self._state.engine_client, "errored", False))
+        return bool(getattr(self._state.engine_client, internals.ERRORED.name, False))

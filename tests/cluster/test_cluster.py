@@ -302,7 +302,7 @@ def storage_errors() -> float:
         text = httpx.get(f"{base}/metrics", verify=ssl.create_default_context(cafile=CA), timeout=10,
                          headers={"authorization": f"Bearer {KEYS['ops']}"}).text
         total += sum(float(line.split()[-1]) for line in text.splitlines()
-                     if line.startswith("vllm_rate_limit_storage_errors_total"))
+                     if line.startswith("vllm_storage_errors_total"))
     return total
 
 

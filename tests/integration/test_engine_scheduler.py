@@ -23,7 +23,7 @@ from components.vllm_adapter.bundled_model import ensure_converted  # noqa: E402
 from components.vllm_adapter.engine_scheduler import ClassFirstAsyncScheduler, ClassFirstScheduler, class_first_scheduler  # noqa: E402
 from components.vllm_adapter.engine_spec import SCHEDULER_CLS  # noqa: E402
 from components.core.settings import EngineSettings  # noqa: E402
-from components.vllm_adapter.vllm_hooks import CLASS_ARG  # noqa: E402
+from components.core.priority import CLASS_ARG  # noqa: E402
 
 BLOCK = 16
 MAX_SEQS = 8

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.core.errors import RateLimited
+from components.core.settings import LimitSettings
 from components.edge.ratelimit import RateLimiter
 from components.edge.replicas import RedisReplicas, View
-from components.core.settings import LimitSettings
+from components.storage.backend import RedisStorage
 from tests.integration.conftest import running_redis
 
 LIMIT = 10
@@ -75,9 +76,11 @@ def test_heartbeats_count_the_live_replicas_and_forget_the_silent(tmp_path: Path
     """Membership by heartbeat with an injected clock: a replica silent for its TTL drops
     out of everyone's count, a replica that stops leaves at once."""
     now = [1000.0]
+    storages: list[RedisStorage] = []
 
     def replica(url: str, name: str) -> RedisReplicas:
-        return RedisReplicas(url, timeout_s=1, interval_s=5, clock=lambda: now[0], replica_id=name)
+        storages.append(RedisStorage(url, timeout_s=1))  # each replica its own connections
+        return RedisReplicas(storages[-1], interval_s=5, clock=lambda: now[0], replica_id=name)
 
     async def scenario(url: str) -> None:
         a, b, c = replica(url, "a"), replica(url, "b"), replica(url, "c")
@@ -94,6 +97,7 @@ def test_heartbeats_count_the_live_replicas_and_forget_the_silent(tmp_path: Path
             assert (await a.beat()) == View(1, 0)
         finally:
             await asyncio.gather(a.stop(), c.stop())
+            await asyncio.gather(*(storage.close() for storage in storages))
 
     with running_redis(tmp_path) as (url, _):
         asyncio.run(scenario(url))

@@ -21,10 +21,11 @@ import yaml
 from hypothesis import given, settings
 
 from components.core.errors import RateLimited
+from components.core.settings import ApiSettings, LimitSettings
 from components.edge.ledger import TokenLimits
 from components.edge.ratelimit import RateLimiter
-from components.edge.response_store import RedisStore, store_for
-from components.core.settings import ApiSettings, LimitSettings
+from components.edge.response_store import RedisStore, store_for, store_uri
+from components.storage.backend import RedisStorage, Storages
 from tests.integration.conftest import running_redis
 from tests.unit.test_invariant_store import QUOTA, Op, check_invariants, ops_strategy
 
@@ -62,19 +63,21 @@ def store_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @given(ops_strategy)
 def test_redis_store_holds_every_owner_to_its_bound(store_redis: str, ops: list[Op]) -> None:
     async def scenario() -> None:
-        store = RedisStore(store_redis, timeout_s=5, ttl_s=60, quota=QUOTA)
+        storage = RedisStorage(store_redis, timeout_s=5)
+        store = RedisStore(storage, ttl_s=60, quota=QUOTA)
         try:
             await store.clear()
             await check_invariants(store, QUOTA, ops)
         finally:
-            await store.close()
+            await storage.close()
 
     asyncio.run(scenario())
 
 
 def test_redis_store_expires_records_and_gives_their_bytes_back(store_redis: str) -> None:
     async def scenario() -> None:
-        store = RedisStore(store_redis, timeout_s=5, ttl_s=1, quota=QUOTA)
+        storage = RedisStorage(store_redis, timeout_s=5)
+        store = RedisStore(storage, ttl_s=1, quota=QUOTA)
         try:
             await store.clear()
             assert await store.put("old", "a", json.dumps({"pad": "x" * 2000}))
@@ -85,7 +88,7 @@ def test_redis_store_expires_records_and_gives_their_bytes_back(store_redis: str
             assert await store.put("new2", "a", json.dumps({"pad": "x" * 1200}))
             assert await store.get("new1") is not None
         finally:
-            await store.close()
+            await storage.close()
 
     asyncio.run(scenario())
 
@@ -100,8 +103,9 @@ def test_a_store_flood_leaves_the_limits_and_the_ledger_intact(tmp_path: Path) -
         api = ApiSettings(RESPONSES_STORE_MAX_BYTES=str(2 * 1024 * 1024))  # type: ignore[call-arg]
 
         async def scenario() -> None:
-            limiter = RateLimiter(limits)
-            store = store_for(limits, api)
+            storages = Storages(limits.storage_timeout_s)  # as the service wires them: one pool
+            limiter = RateLimiter(limits, storages.get(limits.storage_uri))
+            store = store_for(storages.get(store_uri(limits)), api)
             try:
                 for _ in range(3):
                     await limiter.admit("victim", tenant="victim")
@@ -123,8 +127,7 @@ def test_a_store_flood_leaves_the_limits_and_the_ledger_intact(tmp_path: Path) -
                 used = await limiter.ledger.used("victim", TokenLimits(per_minute=1000))
                 assert used["minute"][0] == 300
             finally:
-                await store.close()
                 await limiter.close()
-                await limiter.ledger.close()
+                await storages.close()
 
         asyncio.run(scenario())

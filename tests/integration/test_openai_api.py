@@ -123,7 +123,22 @@ WEATHER_TOOL = {
 }
 
 
-def test_auto_tool_choice_goes_through_the_parser(client: openai.OpenAI, served_model: str) -> None:
+def tool_parser_runs(http: httpx.Client) -> dict[str, float]:
+    """vLLM's count of its tool parser's runs on non-streamed chat completions, by outcome
+    (`tool_call`, `no_tool_call`)."""
+    name = "vllm:tool_call_parser_invocations_total{"
+    counts: dict[str, float] = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(name) and 'mode="non_streaming"' in line and 'request_type="chat_completions"' in line:
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = counts.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    assert set(counts) == {"tool_call", "no_tool_call"}, f"{name} is not on /metrics: {counts}"
+    return counts
+
+
+def test_auto_tool_choice_goes_through_the_parser(client: openai.OpenAI, served_model: str,
+                                                  http: httpx.Client) -> None:
+    before = tool_parser_runs(http)
     reply = client.chat.completions.create(
         model=served_model,
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
@@ -133,12 +148,21 @@ def test_auto_tool_choice_goes_through_the_parser(client: openai.OpenAI, served_
         max_tokens=60,
     )
     message = reply.choices[0].message
-    # A 135M model may answer or call; either way the parser produced a well-formed reply.
+    # A 135M model may answer or call. Either way the parser ran on this reply, once, and
+    # the reply is what it decided (before: any non-empty text passed, parser or not).
+    outcome = "tool_call" if message.tool_calls else "no_tool_call"
+    after = tool_parser_runs(http)
+    assert {k: after[k] - before[k] for k in after} == {outcome: 1, **{k: 0 for k in after if k != outcome}}, \
+        (outcome, before, after)
     if message.tool_calls:
         assert reply.choices[0].finish_reason == "tool_calls"
-        json.loads(message.tool_calls[0].function.arguments)
+        call = message.tool_calls[0]
+        assert call.function.name == "get_weather"
+        arguments = json.loads(call.function.arguments)
+        assert isinstance(arguments, dict) and isinstance(arguments.get("city"), str), call.function.arguments
     else:
-        assert message.content
+        # Text, and none of the Hermes call markup the parser would have taken out.
+        assert message.content and "<tool_call>" not in message.content, message.content
 
 
 def test_named_tool_choice_returns_a_tool_call(client: openai.OpenAI, served_model: str) -> None:

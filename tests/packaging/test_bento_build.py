@@ -39,6 +39,9 @@ def test_gpu_bento_dockerfile(gpu_bento: Path) -> None:
     for env in ("MODEL_PATH=", "QUANTIZATION=", "DTYPE=", "GPU_MEMORY_UTILIZATION=", "MAX_NUM_SEQS=", "HF_HOME=", "VLLM_CACHE_DIR="):
         assert f"ENV {env}" in dockerfile, env
     assert "EXPOSE 8080" in dockerfile and "STOPSIGNAL SIGTERM" in dockerfile
+    # The driver check before the server (components/vllm_adapter/gpu_preflight.py), as the last ENTRYPOINT.
+    entrypoint = [line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT")][-1]
+    assert "python -m components.vllm_adapter.gpu_preflight && " in entrypoint and "exec " in entrypoint
     requirements = (gpu_bento / "env/python/requirements.txt").read_text()
     assert "\nvllm==0.32.0\n" in requirements
     assert "\nbentoml==1.4." in requirements

@@ -6,10 +6,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from components.edge.auth import PUBLIC_PATHS
+from components.core.routes import public_paths
 from tests.security.conftest import KEY
 
-OPEN = PUBLIC_PATHS | {"/metrics"}
+OPEN = public_paths(protect_metrics=False)
 
 
 def bentoml_routes() -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from components.edge.auth import PUBLIC_PATHS
+from components.core.routes import public_paths
 from harness.server import BENTOML, ROOT, Server, free_port, running_server
 
 USER_KEY = "sk-edge-user-41c2e8"
@@ -103,7 +103,7 @@ def assert_openai_error(body: bytes, code: str) -> None:
 @pytest.mark.parametrize("key", [None, USER_KEY, "sk-edge-wrong"])
 def test_public_paths_answer_405_to_other_methods_before_the_body(server: Server, key: str | None) -> None:
     auth = bearer(key) if key else {}
-    for path in sorted(PUBLIC_PATHS | {"/metrics"}):
+    for path in sorted(public_paths(protect_metrics=False)):
         # A large announced body that never comes: the answer must not wait for it.
         with connect(server) as sock:
             sock.sendall(request_head("POST", path, {**auth, "content-type": "application/json",

@@ -1,5 +1,5 @@
-"""Anthropic's shape on the Messages routes: errors rewritten at the front door, and an
-engine error inside a converted stream (pure logic; the real route is in
+"""Anthropic's shape on the Messages routes: an engine error inside a converted stream (pure
+logic; refusals in Anthropic's shape: tests/unit/test_front_door.py; the real route is in
 tests/integration/test_anthropic_api.py)."""
 
 from __future__ import annotations
@@ -8,53 +8,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from starlette.types import Message, Receive, Scope, Send
-
-from components.api.anthropic import AnthropicStream
-from components.edge.anthropic_errors import AnthropicErrors
-from components.core.errors import RateLimited, render_json
-from components.core.responses import send_error
-from components.vllm_adapter.vllm_bridge import Stream
-
-
-def run(app, path: str) -> list[Message]:  # type: ignore[no-untyped-def]
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    scope = {"type": "http", "path": path, "method": "POST", "headers": []}
-    asyncio.run(AnthropicErrors(app)(scope, receive, send))
-    return sent
-
-
-async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-    await send_error(send, RateLimited("Rate limit exceeded.", headers={"retry-after": "1"}))
-
-
-def test_an_error_on_the_messages_route_takes_anthropics_shape() -> None:
-    start, body = run(refuse, "/v1/messages")
-    assert start["status"] == 429
-    headers = dict(start["headers"])
-    assert headers[b"retry-after"] == b"1"
-    assert json.loads(body["body"]) == {"type": "error",
-                                        "error": {"type": "rate_limit_error", "message": "Rate limit exceeded."}}
-    assert headers[b"content-length"] == str(len(body["body"])).encode()
-
-
-def test_other_routes_and_successes_are_left_alone() -> None:
-    start, body = run(refuse, "/v1/chat/completions")
-    assert body["body"] == render_json(RateLimited("Rate limit exceeded."))
-
-    async def stream(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        await send({"type": "http.response.body", "body": b"event: ping\n\n", "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-
-    assert [m.get("body") for m in run(stream, "/v1/messages")] == [None, b"event: ping\n\n", b""]
+from components.vllm_adapter.anthropic_bridge import AnthropicStream
+from components.vllm_adapter.streams import Stream
 
 
 def test_an_engine_error_mid_stream_ends_it_with_an_anthropic_error_event() -> None:
@@ -96,10 +51,3 @@ def test_a_failure_of_the_converter_itself_is_an_error_not_a_success() -> None:
     assert stream.error is not None and stream.error.status == 500
     assert json.loads(events[-1].split("data: ", 1)[1])["error"]["type"] == "api_error"
 
-
-def test_an_error_start_without_its_body_still_goes_out() -> None:
-    async def half(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]})
-
-    start, body = run(half, "/v1/messages")
-    assert start["status"] == 400 and json.loads(body["body"])["error"]["type"] == "invalid_request_error"

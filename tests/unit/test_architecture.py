@@ -12,11 +12,12 @@ COMPONENTS = Path(__file__).resolve().parents[2] / "components"
 # The packages, bottom up, and the packages each may import from (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
     "core": set(),                      # settings, errors, context, metrics: import nothing of ours
-    "edge": {"core"},                   # what a request meets before any engine work
+    "storage": {"core"},                # the state replicas share: one pool and one guarded call per URI
+    "edge": {"core", "storage"},        # what a request meets before any engine work
     "vllm_adapter": {"core"},           # everything that knows vLLM
-    "serving": {"core", "edge", "vllm_adapter"},  # a request's way from validation to its last byte
-    "api": {"core", "edge", "vllm_adapter", "serving"},  # the OpenAI, Anthropic and Responses dialects
-    "app": {"core", "edge", "vllm_adapter", "serving", "api"},  # assembly: runtime, supervisor
+    "serving": {"core", "edge", "vllm_adapter", "storage"},  # a request's way from validation to its last byte
+    "api": {"core", "edge", "vllm_adapter", "serving", "storage"},  # the OpenAI, Anthropic and Responses dialects
+    "app": {"core", "edge", "vllm_adapter", "serving", "api", "storage"},  # assembly: runtime, supervisor
 }
 UVICORN_INTERNALS = ("force_exit", "server_state", "handle_exit")
 
@@ -92,3 +93,71 @@ def test_the_environment_is_touched_only_by_the_settings_module() -> None:
     users = {name for name, path in sources().items()
              if "os.environ" in path.read_text() or "getenv(" in path.read_text()}
     assert users == {"core.settings_env"}  # settings.py's groups read it through pydantic-settings
+
+
+def test_memory_or_redis_is_chosen_only_by_the_storage_package() -> None:
+    """A storage URI's scheme is read in one place (storage.backend); every user takes the
+    Storage it chose. (core.settings holds the default and validates the scheme.)"""
+    users = {name for name, path in sources().items() if "memory://" in path.read_text()}
+    assert users <= {"storage.backend", "core.settings"}
+
+
+def test_redis_is_reached_only_through_the_storage_package() -> None:
+    """One client per external store, with one guarded call (STYLE.md, 18)."""
+    users = {name for name, tree in modules().items() if any(m.split(".")[0] == "redis" for m in imports(tree))}
+    assert {name.split(".")[0] for name in users} == {"storage"}
+
+
+def test_the_adapters_side_channels_and_vllms_privates_stay_in_the_adapter() -> None:
+    """Outside components/vllm_adapter/ no module imports one of its ContextVars (the rest of
+    the service hands its facts to the bridge as an EngineCall), and none names a private
+    (`_`) attribute of vLLM's: the ones the adapter lists (internals.USED) or any other the
+    modules it reaches define, in attribute access or as a string (getattr)."""
+    import importlib.util
+
+    from components.vllm_adapter.internals import USED
+
+    trees = modules()
+
+    def context_vars_of(tree: ast.Module) -> set[str]:
+        """The module-level names bound to a ContextVar (by annotation or by value)."""
+        found = set()
+        for node in tree.body:
+            if isinstance(node, ast.AnnAssign | ast.Assign) and "ContextVar" in ast.unparse(node):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                found |= {target.id for target in targets if isinstance(target, ast.Name)}
+        return found
+
+    context_vars = {f"components.{name}": context_vars_of(tree) for name, tree in trees.items()
+                    if name.startswith("vllm_adapter.")}
+    root = Path(importlib.util.find_spec("vllm").origin).parent  # type: ignore[union-attr, arg-type]
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    def defined(tree: ast.AST) -> set[str]:
+        return {node.name if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) else node.attr
+                for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                or isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)}
+
+    vllm_files = {root.joinpath(*entry.module.split(".")[1:]) for entry in USED}
+    vllm_names = {entry.name for entry in USED if private(entry.name)}
+    for base in vllm_files:
+        path = base.with_suffix(".py") if base.with_suffix(".py").exists() else base / "__init__.py"
+        vllm_names |= {name for name in defined(ast.parse(path.read_text())) if private(name)}
+    ours = set().union(*(defined(tree) for tree in trees.values()))
+    forbidden = vllm_names - ours | {entry.name for entry in USED if private(entry.name)}
+    offenders = []
+    for name, tree in trees.items():
+        if name.startswith("vllm_adapter."):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in context_vars:
+                offenders += [f"{name} imports {node.module}.{alias.name}" for alias in node.names
+                              if alias.name in context_vars[node.module]]
+            elif isinstance(node, ast.Attribute) and node.attr in forbidden:
+                offenders.append(f"{name}:{node.lineno} names vLLM's {node.attr}")
+            elif isinstance(node, ast.Constant) and node.value in forbidden:
+                offenders.append(f"{name}:{node.lineno} names vLLM's {node.value}")
+    assert any(context_vars.values())  # the adapter's own are found
+    assert offenders == []

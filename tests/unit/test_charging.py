@@ -20,7 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.serving.generation import charge
-from components.vllm_adapter.vllm_hooks import Delivery, EngineTags, engine_tags, install_engine_tags
+from components.vllm_adapter import call_scope
+from components.vllm_adapter.delivery import Delivery
+from components.vllm_adapter.engine_call import EngineCall
+from components.vllm_adapter.vllm_hooks import install_engine_tags
 
 
 class Engine:
@@ -88,16 +91,13 @@ async def consume(case: dict[str, Any], delivery: Delivery) -> tuple[int, set[st
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
 
-    token = engine_tags.set(EngineTags(delivery=delivery))
-    try:
+    with call_scope.engine_call(EngineCall(delivery=delivery)):  # the task starts in this context
         task = asyncio.ensure_future(read())
-        if case["cancel"]:  # a time limit or a disconnect interrupts the task itself
-            for _ in range(case["stop_after"] or 0):
-                await asyncio.sleep(0)
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    finally:
-        engine_tags.reset(token)
+    if case["cancel"]:  # a time limit or a disconnect interrupts the task itself
+        for _ in range(case["stop_after"] or 0):
+            await asyncio.sleep(0)
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     return given_tokens, seen
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from components.edge.auth import PUBLIC_PATHS
 from components.core.errors import RateLimited
 from components.edge.front_door import FrontDoor
 from components.edge.keys import Policy
@@ -22,6 +21,7 @@ from components.edge.middleware import BodyLimitMiddleware
 from components.edge.ratelimit import RateLimiter
 from components.core.redact import redact_uri as _redact_uri
 from components.core.redact import redacted
+from components.core.routes import public_paths
 from components.core.settings import LimitSettings
 from components.core.settings_env import SettingsError, load_settings
 
@@ -118,7 +118,7 @@ def bearer(key: str) -> list[tuple[bytes, bytes]]:
 # --- 405 on public paths, before the body ------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(PUBLIC_PATHS | {"/metrics"}))
+@pytest.mark.parametrize("path", sorted(public_paths(protect_metrics=False)))
 @pytest.mark.parametrize("key", [None, USER, "sk-wrong"])
 def test_public_paths_refuse_other_methods_before_reading_the_body(path: str, key: str | None) -> None:
     app = front_door()

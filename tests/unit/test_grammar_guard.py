@@ -1,12 +1,11 @@
 """components/serving/grammar_guard.py: every grammar field of every route is found, a build or
 compile past the limit is stopped (its worker process killed) and refused with the field
 named, a grammar that cannot compile is a 400 naming it, and what was built in time is
-recorded for the request's own validation."""
+returned, for the request's own validation."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from components.core.errors import InvalidRequest, Overloaded
 from components.serving.grammar_guard import GrammarGuard, Spec, grammar_specs
-from components.vllm_adapter.vllm_hooks import built_grammars, grammar_key
+from components.vllm_adapter.grammar_reuse import grammar_key
 
 # The integration test's pattern: tens of seconds for xgrammar (tests/integration/test_invariant_grammar.py).
 PATHOLOGICAL = json.dumps({"type": "string", "pattern": ".{8000}"})
@@ -117,38 +116,29 @@ def test_no_free_worker_within_the_limit_is_a_503() -> None:
     asyncio.run(scenario())
 
 
-def test_what_was_built_in_time_is_recorded_for_the_request_and_only_that(tokenizer: str) -> None:
-    """vLLM's validation skips exactly the builds recorded here (components/vllm_adapter/vllm_hooks.py):
-    the ones this request's worker completed, keyed by builder and source. The record is
-    the request's own and is replaced, never grown, by the next check: whatever a key
-    sends, it holds no more than one request's grammars and is gone with the request."""
+def test_what_was_built_in_time_is_returned_and_only_that(tokenizer: str) -> None:
+    """vLLM's validation skips exactly the builds returned here (components/vllm_adapter/grammar_reuse.py),
+    handed on with the request's engine call: the ones this request's worker completed,
+    keyed by builder and source. A return value, never a record shared between requests:
+    whatever a key sends, no other request sees its builds."""
     async def scenario() -> None:
         guard = GrammarGuard(timeout_s=60.0, tokenizer=tokenizer, workers=1)
         schema = '{"type": "string", "maxLength": 3}'
-        await guard.check([Spec("tools", "json", schema), Spec("structured_outputs", "json", "{not json"),
-                           Spec("structured_outputs", "json", '{"type": "strin"}'),
-                           Spec("structured_outputs", "regex", "[a-z]+"),
-                           Spec("structured_outputs", "grammar", 'root ::= "a"')])
-        assert built_grammars.get() == {grammar_key("json", json.loads(schema)), grammar_key("regex", "[a-z]+"),
-                                        grammar_key("ebnf", 'root ::= "a"')}
-        for count in range(1, 30):  # request after request in one context: never more than the last one's
-            await guard.check([Spec("tools", "regex", f"a{{{count}}}")])
-            assert built_grammars.get() == {grammar_key("regex", f"a{{{count}}}")}
-        await guard.check([])
-        assert built_grammars.get() == frozenset()
-
-        async def other_request() -> frozenset[str]:
-            return built_grammars.get()
-
-        await guard.check([Spec("tools", "regex", "b+")])
-        assert await asyncio.get_running_loop().create_task(other_request(), context=contextvars.Context()) \
-            == frozenset()
-        # A build past the limit records nothing, not even the builds before it.
+        built = await guard.check([Spec("tools", "json", schema), Spec("structured_outputs", "json", "{not json"),
+                                   Spec("structured_outputs", "json", '{"type": "strin"}'),
+                                   Spec("structured_outputs", "regex", "[a-z]+"),
+                                   Spec("structured_outputs", "grammar", 'root ::= "a"')])
+        assert built == {grammar_key("json", json.loads(schema)), grammar_key("regex", "[a-z]+"),
+                         grammar_key("ebnf", 'root ::= "a"')}
+        for count in range(1, 30):  # request after request: each gets its own builds only
+            assert await guard.check([Spec("tools", "regex", f"a{{{count}}}")]) == {
+                grammar_key("regex", f"a{{{count}}}")}
+        assert await guard.check([]) == frozenset()
+        # A build past the limit refuses the request: nothing is handed on, not even the builds before it.
         short = GrammarGuard(timeout_s=1.0, tokenizer=tokenizer, workers=1)
         await short.check([Spec("tools", "regex", "c+")])  # starts the worker, outside any deadline
         with pytest.raises(InvalidRequest):
             await short.check([Spec("tools", "regex", "d+"), Spec("response_format", "json", PATHOLOGICAL)])
-        assert built_grammars.get() == frozenset()
         await guard.close()
         await short.close()
 
@@ -169,11 +159,10 @@ def test_a_grammar_that_builds_but_cannot_compile_is_a_400_naming_its_field(toke
         assert (refused.value.status, refused.value.type, refused.value.code, refused.value.param) == (
             400, "invalid_request_error", "invalid_grammar", "structured_outputs")
         assert "grammar_functor" not in refused.value.message  # xgrammar's internals stay in the worker
-        assert built_grammars.get() == frozenset()
         # Not a fault of the worker: it stays, and the next request's grammar compiles on it.
         (worker,) = guard._idle
-        await guard.check([Spec("tools", "json", '{"type": "string", "pattern": "^[a-z]{1,8}$"}')])
-        assert guard._idle == [worker] and len(built_grammars.get()) == 1
+        built = await guard.check([Spec("tools", "json", '{"type": "string", "pattern": "^[a-z]{1,8}$"}')])
+        assert guard._idle == [worker] and len(built) == 1
         await guard.close()
 
     asyncio.run(scenario())

@@ -100,11 +100,7 @@ async def check_invariants(store: Any, quota: Quota, ops: list[Op]) -> None:
 
 def run(ops: list[Op], make: Callable[[], Awaitable[Any]]) -> None:
     async def scenario() -> None:
-        store = await make()
-        try:
-            await check_invariants(store, QUOTA, ops)
-        finally:
-            await store.close()
+        await check_invariants(await make(), QUOTA, ops)
 
     asyncio.run(scenario())
 

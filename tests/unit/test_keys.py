@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.edge.keys import PRIORITY_CLASSES, KeyPolicy, Policy, digest
+from components.core.priority import CLASSES
+from components.edge.keys import KeyPolicy, Policy, digest
 from components.edge.keys_file import PolicySource, parse
 
 
@@ -44,7 +45,7 @@ def test_a_keys_file_gives_each_key_its_policy() -> None:
     team = policy.identify("sk-team-a-secret")
     assert team is not None and team.id == "team-a" and team.admin
     assert (team.requests_per_minute, team.tokens_per_minute, team.max_inflight) == (120, 400, 2)
-    assert (team.token_budget, team.budget_period_s, team.priority) == (1000, 3600, PRIORITY_CLASSES["batch"])
+    assert (team.token_budget, team.budget_period_s, team.priority) == (1000, 3600, CLASSES["batch"])
     assert team.may_use("gpt-4") and not team.may_use("other")
     assert policy.identify("sk-dev-plain").id == "dev"  # type: ignore[union-attr]
     assert policy.identify("sk-unknown") is None

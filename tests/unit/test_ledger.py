@@ -93,13 +93,17 @@ def test_with_the_storage_down_a_replica_charges_alone_within_its_share() -> Non
     replicas' shares add up to the limit). Before: an uncharged hold, every request admitted."""
     import socket
 
-    from components.edge.ledger import RedisLedger
+    from components.edge.ledger import RedisLedger, ledger_for
+    from components.storage.backend import RedisStorage
 
     with socket.socket() as sock:  # a port nobody listens on: every call fails at once
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     errors: list[int] = []
-    ledger = RedisLedger(f"redis://127.0.0.1:{port}/0", 0.5, on_storage_error=lambda: errors.append(1))
+    # The guard's clock stands still: the storage rests for the whole test once a call failed.
+    storage = RedisStorage(f"redis://127.0.0.1:{port}/0", 0.5, on_error=lambda: errors.append(1), clock=lambda: 0.0)
+    ledger = ledger_for(storage, fail_open=True)
+    assert isinstance(ledger, RedisLedger)
     ledger.share = lambda limit, identity: limit // 2  # two replicas counted
 
     async def scenario() -> None:
@@ -111,7 +115,7 @@ def test_with_the_storage_down_a_replica_charges_alone_within_its_share() -> Non
         await ledger.reserve("k", 30, limits)
         with pytest.raises(TokensLimited):
             await ledger.reserve("k", 1, limits)
-        await ledger.close()
+        await storage.close()
 
     asyncio.run(scenario())
-    assert errors
+    assert errors == [1]  # one failed call; the storage then rested, the others failed at once

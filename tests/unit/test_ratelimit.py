@@ -5,11 +5,12 @@ import asyncio
 import pytest
 
 from components.core.errors import RateLimited
+from components.core.settings import LimitSettings
 from components.edge.keys import Policy
 from components.edge.ledger import TokenLimits
 from components.edge.ratelimit import RateLimiter, Window, openai_duration
 from components.edge.replicas import RedisReplicas, Replicas
-from components.core.settings import LimitSettings
+from components.storage.backend import RedisStorage, Storage
 
 
 @pytest.mark.parametrize(
@@ -46,8 +47,9 @@ def test_memory_storage_calls_are_never_cut_short_by_the_storage_time_limit() ->
     event loop (the storage waits on a lock its housekeeping holds across a thread hop)
     made them time out, and the limiter failed open: 21 of 20 requests admitted."""
     rl = limiter(DEFAULT_RATE_LIMIT="5", RATE_LIMIT_STORAGE_TIMEOUT="0.001")
-    slow_call = asyncio.sleep(0.05, result=True)  # a call delayed by the loop, as under load
-    assert asyncio.run(rl._guard(slow_call)) is True
+    assert not rl.storage.shared
+    # A call delayed by the loop, as under load.
+    assert asyncio.run(rl.storage.call(lambda: asyncio.sleep(0.05, result=True))) is True
 
 
 def test_per_key_limits_come_from_the_key_policy() -> None:
@@ -105,7 +107,9 @@ async def admitted(rl: RateLimiter, identity: str, tries: int) -> int:
 
 
 def seen(count: int, rank: int) -> Replicas:
-    replicas = RedisReplicas(DEAD_REDIS, timeout_s=0.1, interval_s=1, replica_id=f"r{rank}")
+    storage = Storage.from_uri(DEAD_REDIS, timeout_s=0.1)
+    assert isinstance(storage, RedisStorage)
+    replicas = RedisReplicas(storage, interval_s=1, replica_id=f"r{rank}")
     replicas.learn([f"r{i}" for i in range(count)])
     return replicas
 

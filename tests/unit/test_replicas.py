@@ -5,8 +5,17 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.edge.replicas import RedisReplicas, Replicas, View, replicas_for, share
 from components.core.settings import LimitSettings
+from components.edge.replicas import RedisReplicas, Replicas, View, replicas_for, share
+from components.storage.backend import RedisStorage, Storage
+
+DEAD = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+def dead_storage() -> RedisStorage:
+    storage = Storage.from_uri(DEAD, timeout_s=0.1)
+    assert isinstance(storage, RedisStorage)
+    return storage
 
 
 @settings(derandomize=True, max_examples=300, deadline=None)
@@ -37,22 +46,21 @@ def test_the_remainder_rotates_over_keys() -> None:
 
 
 def test_alone_the_share_is_the_whole_limit() -> None:
-    alone = replicas_for(LimitSettings())  # type: ignore[call-arg]
+    settings = LimitSettings()  # type: ignore[call-arg]
+    alone = replicas_for(Storage.from_uri(settings.storage_uri, 1), settings)
     assert type(alone) is Replicas and alone.view == View(1, 0)
     assert alone.share(10, "req:key") == 10
 
 
 def test_a_replica_that_never_read_the_count_assumes_the_least_one() -> None:
-    shared = LimitSettings(RATE_LIMIT_STORAGE_URI="redis://127.0.0.1:1/0")  # type: ignore[call-arg]
-    newcomer = replicas_for(shared)
+    newcomer = replicas_for(dead_storage(), LimitSettings())  # type: ignore[call-arg]
     assert isinstance(newcomer, RedisReplicas) and newcomer.view == View(1, 0)  # unset: alone
-    floor4 = replicas_for(LimitSettings(RATE_LIMIT_STORAGE_URI="redis://127.0.0.1:1/0",  # type: ignore[call-arg]
-                                        RATE_LIMIT_REPLICAS="4"))
+    floor4 = replicas_for(dead_storage(), LimitSettings(RATE_LIMIT_REPLICAS="4"))  # type: ignore[call-arg]
     assert floor4.view == View(4, None) and floor4.share(10, "req:key") == 2
 
 
 def test_what_a_heartbeat_reads_becomes_the_view() -> None:
-    replica = RedisReplicas("redis://127.0.0.1:1/0", timeout_s=0.1, interval_s=1, replica_id="b", least=2)
+    replica = RedisReplicas(dead_storage(), interval_s=1, replica_id="b", least=2)
     replica.learn(["b"])
     assert replica.view == View(2, 0)  # never fewer than the least count
     replica.learn(["c", "a", "b"])
@@ -65,7 +73,7 @@ def test_a_stopped_replica_never_announces_itself_again() -> None:
     """After shutdown the front door still answers kept-alive connections: their requests
     must not bring a leaving replica back into everyone's count."""
     async def scenario() -> bool:
-        replica = RedisReplicas("redis://127.0.0.1:1/0", timeout_s=0.1, interval_s=1)
+        replica = RedisReplicas(dead_storage(), interval_s=1)
         replica.start()
         await replica.stop()
         replica.start()

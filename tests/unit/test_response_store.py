@@ -6,8 +6,9 @@ import json
 import pytest
 
 from components.core.errors import Unavailable
-from components.edge.response_store import MemoryStore, Quota, RedisStore, store_for
 from components.core.settings import ApiSettings, LimitSettings
+from components.edge.response_store import MemoryStore, Quota, RedisStore, store_for, store_uri
+from components.storage.backend import Storage, Storages
 
 
 class Clock:
@@ -64,14 +65,16 @@ def test_a_record_larger_than_the_store_is_not_kept_and_evicts_nothing() -> None
 
 def test_redis_store_unreachable_is_a_503_not_a_500() -> None:
     async def scenario() -> None:
-        store = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.5, ttl_s=60, quota=Quota.of(10_000))  # port 1: nothing
+        storage = Storage.from_uri("redis://127.0.0.1:1/0", timeout_s=0.5)  # port 1: nothing
+        store = store_for(storage, ApiSettings())  # type: ignore[call-arg]
+        assert isinstance(store, RedisStore)
         try:
             for call in (store.get("r"), store.put("r", "a", record(1)), store.delete("r")):
                 with pytest.raises(Unavailable) as info:
                     await call
                 assert info.value.status == 503
         finally:
-            await store.close()
+            await storage.close()
 
     asyncio.run(scenario())
 
@@ -80,23 +83,31 @@ def test_the_store_goes_where_responses_store_uri_says_else_with_the_limits() ->
     redis, memory, api = "redis://127.0.0.1:1/0", "memory://", ApiSettings()  # type: ignore[call-arg]
 
     async def scenario() -> None:
-        for limits_uri, store_uri, kind in [(redis, None, RedisStore), (redis, memory, MemoryStore),
-                                            (memory, redis, RedisStore), (memory, None, MemoryStore)]:
-            env = {"RATE_LIMIT_STORAGE_URI": limits_uri, **({"RESPONSES_STORE_URI": store_uri} if store_uri else {})}
-            store = store_for(LimitSettings(**env), api)  # type: ignore[arg-type]
+        for limits_uri, own_uri, kind in [(redis, None, RedisStore), (redis, memory, MemoryStore),
+                                          (memory, redis, RedisStore), (memory, None, MemoryStore)]:
+            env = {"RATE_LIMIT_STORAGE_URI": limits_uri, **({"RESPONSES_STORE_URI": own_uri} if own_uri else {})}
+            storages = Storages(timeout_s=0.5)
+            store = store_for(storages.get(store_uri(LimitSettings(**env))), api)  # type: ignore[arg-type]
             assert isinstance(store, kind)
-            await store.close()
+            await storages.close()
 
     asyncio.run(scenario())
+
+
+def test_the_store_shares_the_limits_pool_and_guard_when_their_uris_are_the_same() -> None:
+    storages = Storages(timeout_s=0.5)
+    limits = LimitSettings(RATE_LIMIT_STORAGE_URI="redis://127.0.0.1:1/0")  # type: ignore[call-arg]
+    other = LimitSettings(RATE_LIMIT_STORAGE_URI="redis://127.0.0.1:1/0",  # type: ignore[call-arg]
+                          RESPONSES_STORE_URI="redis://127.0.0.1:2/0")
+    assert storages.get(store_uri(limits)) is storages.get(limits.storage_uri)
+    assert storages.get(store_uri(other)) is not storages.get(other.storage_uri)
 
 
 def test_keys_off_one_tenant_may_use_the_whole_store_by_default() -> None:
     from types import SimpleNamespace
 
-    from components.edge.response_store import store_for
-
-    limits = SimpleNamespace(responses_store_uri=None, storage_uri="memory://", storage_timeout_s=1)
+    memory = Storage.from_uri("memory://", timeout_s=1)
     api = SimpleNamespace(responses_max_bytes=1 << 20, responses_key_max_bytes=None, responses_key_max_records=None,
                           responses_ttl_s=60)
-    assert store_for(limits, api, one_tenant=True)._quota.key_bytes == 1 << 20  # type: ignore[union-attr]
-    assert store_for(limits, api)._quota.key_bytes == (1 << 20) // 8  # type: ignore[union-attr]
+    assert store_for(memory, api, one_tenant=True)._quota.key_bytes == 1 << 20  # type: ignore[union-attr]
+    assert store_for(memory, api)._quota.key_bytes == (1 << 20) // 8  # type: ignore[union-attr]

@@ -1,26 +1,26 @@
+"""components/vllm_adapter/vllm_hooks.py, grammar_reuse.py and call_scope.py: what each hook does
+with the `EngineCall` current while vLLM runs it (pure logic on stand-ins shaped like vLLM 0.32's
+objects, except the grammar validation, which is vLLM's own function)."""
+
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from components.vllm_adapter.vllm_hooks import (
-    CLASS_ARG,
-    Delivery,
-    EngineTags,
-    built_grammars,
-    engine_tags,
-    grammar_key,
-    install_engine_tags,
-    install_grammar_reuse,
-    on_rendered,
-    report_rendered,
-)
+from components.core.priority import CLASS_ARG
+from components.vllm_adapter import call_scope
+from components.vllm_adapter.delivery import Delivery
+from components.vllm_adapter.engine_call import EngineCall
+from components.vllm_adapter.grammar_reuse import grammar_key, install_grammar_reuse
+from components.vllm_adapter.internals import RENDERS
+from components.vllm_adapter.vllm_hooks import _reject_past_the_context, install_engine_tags, report_rendered
 
 
 class ErrorResponse:
@@ -46,26 +46,50 @@ class Handler:
         return SimpleNamespace(messages=[], engine_input={"prompt_token_ids": [1] * 7})
 
 
-def test_the_prompt_lengths_reach_the_callback_in_every_call_shape() -> None:
+@contextmanager
+def current(call: EngineCall | None) -> Iterator[None]:
+    if call is None:
+        yield
+        return
+    with call_scope.engine_call(call):
+        yield
+
+
+def test_the_prompt_lengths_reach_the_reservation_in_every_call_shape() -> None:
     handler = Handler()
-    report_rendered(handler, "render_chat_request", ErrorResponse)
-    report_rendered(handler, "_render_resolved_response_inputs", ErrorResponse)
+    report_rendered(handler, RENDERS["openai_serving_chat"], ErrorResponse)
+    report_rendered(handler, RENDERS["openai_serving_responses"], ErrorResponse)
+    report_rendered(handler, RENDERS["openai_serving_chat"], ErrorResponse)  # once only
     seen: list[tuple[list[int], int]] = []
 
-    async def callback(lengths: list[int], max_model_len: int) -> None:
+    async def reserve(lengths: list[int], max_model_len: int) -> None:
         seen.append((lengths, max_model_len))
 
     async def scenario() -> None:
-        token = on_rendered.set(callback)
-        try:
+        with call_scope.engine_call(EngineCall(reserve=reserve)):
             await handler.render_chat_request("request")
             result = await handler._render_resolved_response_inputs("request", None)
             assert result.engine_input["prompt_token_ids"] == [1] * 7  # passed through untouched
-        finally:
-            on_rendered.reset(token)
+        with call_scope.engine_call(EngineCall()):  # nothing to reserve
+            await handler.render_chat_request("request")
+        await handler.render_chat_request("request")  # no call (the warm-up)
 
     asyncio.run(scenario())
     assert seen == [([3], 4096), ([7], 4096)]
+
+
+def test_past_the_context_is_an_error_unless_the_service_chose_max_tokens() -> None:
+    strict = _reject_past_the_context(lambda max_model_len, max_tokens, input_length, *args, **kwargs:
+                                      min(max_tokens or max_model_len, max_model_len - input_length))
+    with pytest.raises(ValueError, match="maximum context length is 100 tokens"):
+        strict(100, 50, 60, {})
+    with pytest.raises(ValueError):
+        with current(EngineCall(client_chose_max_tokens=True)):
+            strict(100, 50, 60, {})
+    with current(EngineCall(client_chose_max_tokens=False)):
+        assert strict(100, 50, 60, {}) == 40  # clamped, as vLLM does
+    assert strict(100, 50, 60, {}, truncate_prompt_tokens=10) == 40
+    assert strict(100, 40, 60, {}) == 40
 
 
 class Engine:
@@ -101,23 +125,20 @@ def output(prompt: int, tokens: dict[int, int], finished: bool = False) -> Any:
                            outputs=[SimpleNamespace(index=i, token_ids=[7] * n) for i, n in tokens.items()])
 
 
-def run(engine: Any, tags: EngineTags | None, prompt: Any, sampling: Any, take: int | None = None) -> list[Any]:
-    """Call the wrapped generate in `tags`' context and read `take` outputs (None: all)."""
+def run(engine: Any, call: EngineCall | None, prompt: Any, sampling: Any, take: int | None = None) -> list[Any]:
+    """Call the wrapped generate with `call` current and read `take` outputs (None: all)."""
     async def scenario() -> list[Any]:
-        token = engine_tags.set(tags)
-        try:
+        with current(call):
             stream = engine.generate(prompt, sampling, "r1")
-            got = []
-            try:
-                async for each in stream:
-                    got.append(each)
-                    if take is not None and len(got) == take:
-                        break
-            finally:
-                await stream.aclose()
-            return got
+        got = []
+        try:
+            async for each in stream:
+                got.append(each)
+                if take is not None and len(got) == take:
+                    break
         finally:
-            engine_tags.reset(token)
+            await stream.aclose()
+        return got
 
     return asyncio.run(scenario())
 
@@ -127,8 +148,8 @@ def test_every_engine_request_carries_the_class_it_was_admitted_as() -> None:
     install_engine_tags(engine)
     install_engine_tags(engine)  # once only
     # A client's own vllm_xargs arrive in extra_args: they stay, except a class of its own.
-    run(engine, EngineTags(klass=10), {}, params(extra={CLASS_ARG: 0, "mine": 1}))
-    run(engine, EngineTags(klass=10), {}, params())
+    run(engine, EngineCall(priority_class=10), {}, params(extra={CLASS_ARG: 0, "mine": 1}))
+    run(engine, EngineCall(priority_class=10), {}, params())
     run(engine, None, {}, params(extra={CLASS_ARG: 0}))  # no class set (warm-up): none goes
     assert engine.seen == [{CLASS_ARG: 10, "mine": 1}, {CLASS_ARG: 10}, None]
 
@@ -137,7 +158,7 @@ def test_the_cache_salt_is_the_services_never_the_clients() -> None:
     engine = Engine()
     install_engine_tags(engine)
     mine = {"prompt_token_ids": [1, 2], "cache_salt": "client-chosen"}
-    run(engine, EngineTags(cache_salt="tenant:a"), mine, params())
+    run(engine, EngineCall(cache_salt="tenant:a"), mine, params())
     run(engine, None, mine, params())  # keys off: one partition, whatever the client says
     assert engine.prompts == [{"prompt_token_ids": [1, 2], "cache_salt": "tenant:a"}, {"prompt_token_ids": [1, 2]}]
     assert mine["cache_salt"] == "client-chosen"  # vLLM's own object is not changed
@@ -148,7 +169,7 @@ def test_streamed_choices_are_counted_token_by_token() -> None:
     delivery = Delivery()
     engine = Engine(outputs)
     install_engine_tags(engine)
-    assert len(run(engine, EngineTags(delivery=delivery), {"prompt_token_ids": [1] * 5}, params())) == 3
+    assert len(run(engine, EngineCall(delivery=delivery), {"prompt_token_ids": [1] * 5}, params())) == 3
     assert (delivery.total, delivery.unknown) == (5 + 3 + 4, False)
 
 
@@ -157,11 +178,11 @@ def test_a_stream_cut_off_is_charged_its_prompt_and_what_came_out() -> None:
     delivery = Delivery()
     engine = Engine(outputs)
     install_engine_tags(engine)
-    run(engine, EngineTags(delivery=delivery), {"prompt_token_ids": [1] * 5}, params(), take=2)
+    run(engine, EngineCall(delivery=delivery), {"prompt_token_ids": [1] * 5}, params(), take=2)
     assert engine.closed  # closing the wrapper closes vLLM's generator: the engine aborts
     assert (delivery.total, delivery.unknown) == (5 + 4, False)
     before_any = Delivery()
-    run(Engine(outputs), EngineTags(delivery=before_any), {"prompt_token_ids": [1] * 5}, params(), take=0)
+    run(Engine(outputs), EngineCall(delivery=before_any), {"prompt_token_ids": [1] * 5}, params(), take=0)
     assert before_any.total == 0  # take=0 never starts it
 
 
@@ -169,7 +190,7 @@ def test_a_final_only_request_cut_off_is_unknown_and_a_finished_one_exact() -> N
     finished = Delivery()
     engine = Engine([output(4, {0: 6, 1: 9}, finished=True)])
     install_engine_tags(engine)
-    run(engine, EngineTags(delivery=finished), {"prompt_token_ids": [1] * 4}, params("FINAL_ONLY"))
+    run(engine, EngineCall(delivery=finished), {"prompt_token_ids": [1] * 4}, params("FINAL_ONLY"))
     assert (finished.total, finished.unknown) == (4 + 15, False)
 
     async def cut() -> Delivery:
@@ -195,13 +216,13 @@ def test_an_engine_error_charges_only_what_came_out() -> None:
     engine = Engine([output(5, {0: 2})], fail=RuntimeError("engine failed"))
     install_engine_tags(engine)
     with pytest.raises(RuntimeError):
-        run(engine, EngineTags(delivery=delivery), {"prompt_token_ids": [1] * 5}, params())
+        run(engine, EngineCall(delivery=delivery), {"prompt_token_ids": [1] * 5}, params())
     assert (delivery.total, delivery.unknown) == (5 + 2, False)
     refused = Delivery()
     engine = Engine(fail=ValueError("bad request"))
     install_engine_tags(engine)
     with pytest.raises(ValueError):
-        run(engine, EngineTags(delivery=refused), {"prompt_token_ids": [1] * 5}, params("FINAL_ONLY"))
+        run(engine, EngineCall(delivery=refused), {"prompt_token_ids": [1] * 5}, params("FINAL_ONLY"))
     assert (refused.total, refused.unknown) == (0, False)
 
 
@@ -229,11 +250,8 @@ def validate() -> Any:
 
     def run(built: set[str | None], **constraint: Any) -> StructuredOutputsParams:
         params = SamplingParams(structured_outputs=StructuredOutputsParams(**constraint))
-        token = built_grammars.set(frozenset(key for key in built if key is not None))
-        try:
+        with call_scope.engine_call(EngineCall(grammars=frozenset(key for key in built if key is not None))):
             module.validate_xgrammar_grammar(params)
-        finally:
-            built_grammars.reset(token)
         assert params.structured_outputs is not None
         return params.structured_outputs
 
@@ -287,16 +305,67 @@ def test_vllms_other_checks_still_run_on_a_skipped_build(validate: Any) -> None:
     assert rewritten.choice is None and rewritten.grammar
 
 
-def test_the_record_is_the_requests_own() -> None:
-    """Another request's context (another task) starts with nothing recorded."""
+def test_the_grammars_are_the_requests_own() -> None:
+    """Set for FastAPI's validation of one request's body: seen there (and in the threads it
+    starts), never in another request's context; an engine call's own grammars only inside it."""
     async def scenario() -> None:
-        built_grammars.set(frozenset({"a"}))
-        assert await asyncio.create_task(asyncio.to_thread(built_grammars.get)) == frozenset({"a"})
+        call_scope.expect_built_grammars(frozenset({"a"}))
+        assert await asyncio.create_task(asyncio.to_thread(call_scope.built_grammars)) == frozenset({"a"})
 
         async def other() -> frozenset[str]:
-            return built_grammars.get()
+            return call_scope.built_grammars()
 
         loop = asyncio.get_running_loop()
         assert await loop.create_task(other(), context=contextvars.Context()) == frozenset()
+        with call_scope.engine_call(EngineCall(grammars=frozenset({"b"}))):
+            assert call_scope.built_grammars() == frozenset({"b"})
+        assert call_scope.built_grammars() == frozenset({"a"})
 
     asyncio.run(scenario())
+
+
+def test_a_stream_is_read_with_its_call_current_at_every_step_and_only_then() -> None:
+    """vLLM reaches the engine while its stream is read (a streamed Responses request
+    renders then): each step sees the call; the reader, between steps, never does."""
+    call = EngineCall(cache_salt="tenant:a")
+    seen: list[EngineCall | None] = []
+    closed: list[bool] = []
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            for number in range(3):
+                seen.append(call_scope.current())
+                yield number
+        finally:
+            closed.append(True)
+
+    async def scenario() -> list[EngineCall | None]:
+        between = []
+        stream = call_scope.Scoped(source(), call)
+        async for _ in stream:
+            between.append(call_scope.current())
+            if len(between) == 2:
+                break
+        await stream.aclose()
+        return between
+
+    assert asyncio.run(scenario()) == [None, None]
+    assert seen == [call, call] and closed == [True]  # closing it closed vLLM's generator
+
+
+def test_closing_an_unread_stream_closes_vllms() -> None:
+    class Source:
+        closed = False
+
+        def __aiter__(self) -> Source:
+            return self
+
+        async def __anext__(self) -> int:
+            raise StopAsyncIteration
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    source = Source()
+    asyncio.run(call_scope.Scoped(source, EngineCall()).aclose())
+    assert source.closed
