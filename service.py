@@ -54,8 +54,14 @@ class LLMService:
         self._starting = asyncio.ensure_future(self._start())
 
     async def _start(self) -> None:
+        from components.vllm_adapter.gpu_preflight import GpuNotReady
+
         try:
             app = await self.runtime.start()
+        except GpuNotReady as error:
+            # Its one line says what the node needs; a traceback would only bury it.
+            logger.error("startup failed: %s", error)
+            os._exit(1)
         except Exception:
             logger.exception("startup failed; exiting")
             os._exit(1)

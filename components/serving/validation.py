@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.core.errors import InvalidRequest
+from components.core.priority import STANDARD, request_level
 from components.core.request_fields import declared, out_of_range, request_kind
 from components.core.settings import ApiSettings
 from components.edge.ledger import TokenLimits
-from components.serving.admission import STANDARD
 from components.vllm_adapter.engine_call import UsageShown
 from components.vllm_adapter.vllm_bridge import OpenAIBridge, prompt_count, request_models
 
@@ -127,7 +127,7 @@ def validate(body: Any, limits: ApiSettings, key: str, token_limits: TokenLimits
         )
     # A request may lower its own priority (a larger number), never raise it above its key's.
     floor = policy.priority if policy is not None else STANDARD
-    body.priority = max(int(declared(body, "priority") or 0), floor)
+    body.priority = request_level(declared(body, "priority"), floor)
     # The service's usage in every chunk (with limits) is taken out again unless the client asked for it.
     shown = UsageShown(final=forward_usage, per_chunk=continuous or limited is None)
     return Generation(body, key, sequences, tuple(OpenAIBridge.engine_ids(body)), stream, shown, chose,
