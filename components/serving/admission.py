@@ -7,7 +7,12 @@ at most `queued_per_key` requests waiting (429 beyond), so one key cannot take e
 place. Whenever capacity frees up or a request arrives, every waiting request that fits is
 started, so a large request cannot hold back smaller ones while capacity sits idle; a key's
 requests start oldest first, and which key's goes next is the ranking's choice
-(components/serving/ranking.py: by default class, then the key's running sequences, then age).
+(components/serving/ranking.py: by default class, then the key's running sequences, then
+deadline, then age).
+
+A request with a deadline (when it must have started) is refused at once when the measured
+service rate predicts a later start (components/serving/deadlines.py); a waiting one is
+dropped when its deadline passes, never started late. A sheddable request never waits.
 
 A hand-written queue: asyncio.Semaphore hides its waiters, cannot refuse at a bound, and
 knows neither costs nor keys.
@@ -24,7 +29,9 @@ from typing import TypeVar
 
 from components.core.errors import InvalidRequest, Overloaded, RateLimited, Unavailable
 from components.core.priority import STANDARD
-from components.serving.ranking import Choice, ClassRanking, Ranking, Running, Waiting
+from components.serving import deadlines
+from components.serving.deadlines import ServiceRate, retry_after
+from components.serving.ranking import Choice, ClassRanking, Ranking, Running, Waiting, earlier_deadline
 
 K = TypeVar("K")
 
@@ -68,8 +75,17 @@ class Admission:
         on_change: Callable[[int, int], None] | None = None,
         ranking: Ranking | None = None,
         clock: Callable[[], float] = time.monotonic,
+        batch_size: int | None = None,
+        rate: ServiceRate | None = None,
+        on_deadline: Callable[[str], None] | None = None,
     ) -> None:
+        """`batch_size`: the engine's batch (MAX_NUM_SEQS; unset: `capacity`), the rest of
+        `capacity` waits in vLLM's queue. `on_deadline`: told "arrival" or "queued" per
+        deadline refusal, "granted_late" per grant past a deadline (never)."""
         self.capacity = capacity
+        self.batch_size = min(batch_size or capacity, capacity)
+        self.rate = rate or ServiceRate()
+        self._on_deadline = on_deadline or (lambda when: None)
         self.ranking: Ranking = ranking or ClassRanking(batch_seqs=capacity, key_yield_s=max_wait_s)
         self._clock = clock
         # The ranking reads times as seconds since this moment (small numbers for vLLM's).
@@ -116,14 +132,19 @@ class Admission:
         return self._clock() - self._epoch
 
     def _changed(self) -> None:
-        self._on_change(self.running, len(self._queue))
+        self.rate.observe(self._now(), self.running, self.batch_size)
+        # Beyond the batch, sequences wait in vLLM's queue: they count as waiting.
+        beyond = max(0, self.running - self.batch_size)
+        self._on_change(self.running - beyond, len(self._queue) + beyond)
 
     def _dequeued(self, waiter: _Waiter) -> None:
         _decrement(self._queued_by_key, waiter.key, 1)
 
-    async def acquire(self, key: str, cost: int = 1, share: int | None = None, level: int = STANDARD) -> Slot:
-        """`share`: this key's own cap on running sequences (at most the service's);
-        `level`: its priority class (components/core/priority.py, lower first)."""
+    async def acquire(self, key: str, cost: int = 1, share: int | None = None, level: int = STANDARD,
+                      deadline: float | None = None, sheddable: bool = False) -> Slot:
+        """`share`: this key's own cap on running sequences (at most the service's); `level`:
+        its class (lower first); `deadline`: when it must have started, on the clock's scale
+        (None: never too late); `sheddable`: start now or be refused, never wait."""
         if self._closed is not None:
             raise self._closed
         share = min(share or self.running_per_key, self.running_per_key)
@@ -135,19 +156,24 @@ class Admission:
         refusal = self.ranking.refusal(cost, level)
         if refusal is not None:
             raise InvalidRequest(refusal, param="n", code="too_many_sequences")
-        waiter = _Waiter(Waiting(key, cost, level, self._now()), share)
+        now = self._now()
+        waiter = _Waiter(Waiting(key, cost, level, now, None if deadline is None else deadline - self._epoch), share)
+        self._refuse_if_late(waiter, now)
         self._queue.append(waiter)
         self._queued_by_key[key] += 1
         # After every change _dispatch() has started whatever fits, so a request that fits
         # now starts now; one that does not must find a place in the queue.
         self._dispatch()
         if not waiter.future.done():
-            self._refuse_beyond_the_bounds(waiter)
+            self._refuse_beyond_the_bounds(waiter, sheddable)
         self._changed()
         if waiter.future.done():
             return Slot(self, waiter.future.result())
+        wait_s = self.max_wait_s
+        if waiter.waiting.deadline is not None:
+            wait_s = min(wait_s, max(0.0, waiter.waiting.deadline - self._now()))
         try:
-            async with asyncio.timeout(self.max_wait_s):
+            async with asyncio.timeout(wait_s):
                 choice = await asyncio.shield(waiter.future)
         except BaseException as exc:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
@@ -158,6 +184,8 @@ class Admission:
                 self._dequeued(waiter)
                 self._dispatch()  # a big waiter leaving may let smaller ones in
                 self._changed()
+            if isinstance(exc, TimeoutError) and wait_s < self.max_wait_s:
+                raise self._late(waiter, self._now(), "queued") from None
             if isinstance(exc, TimeoutError):
                 raise Overloaded(
                     f"No capacity freed up within {self.max_wait_s:g} s; retry shortly.",
@@ -166,10 +194,14 @@ class Admission:
             raise
         return Slot(self, choice)
 
-    def _refuse_beyond_the_bounds(self, waiter: _Waiter) -> None:
-        """A request that did not start may wait only within the queue's bounds."""
+    def _refuse_beyond_the_bounds(self, waiter: _Waiter, sheddable: bool = False) -> None:
+        """A request that did not start may wait only within the queue's bounds (sheddable: none)."""
         error: Overloaded | RateLimited | None = None
-        if len(self._queue) > self.max_waiting:
+        if sheddable:
+            start = self._predicted_start(waiter, self._now())
+            error = Overloaded("The server is at capacity and this key's requests do not wait; retry shortly.",
+                               headers={"retry-after": retry_after(self._now(), start)})
+        elif len(self._queue) > self.max_waiting:
             error = Overloaded(
                 f"The server is at capacity ({self.capacity} sequences running, {self.max_waiting} queued); "
                 "retry shortly.", headers={"retry-after": "1"},
@@ -189,7 +221,35 @@ class Admission:
         cost = waiter.waiting.cost
         return self.running + cost <= self.capacity and self.running_for(waiter.key) + cost <= waiter.share
 
+    def _predicted_start(self, waiter: _Waiter, now: float) -> float | None:
+        """When `waiter` would enter the engine's batch at the rate measured; None: unknown."""
+        return deadlines.predict(waiter.waiting, [w.waiting for w in self._queue], self._running_by_key,
+                                 self.running, self.batch_size, self.rate.rate(now), now)
+
+    def _refuse_if_late(self, waiter: _Waiter, now: float) -> None:
+        """Refused at arrival rather than after waiting for nothing; without an estimate, never."""
+        deadline = waiter.waiting.deadline
+        start = self._predicted_start(waiter, now) if deadline is not None else None
+        if deadline is not None and (now >= deadline or start is not None and start > deadline):
+            raise self._late(waiter, now, "arrival", start)
+
+    def _late(self, waiter: _Waiter, now: float, when: str, start: float | None = None) -> Overloaded | RateLimited:
+        self._on_deadline(when)
+        if start is None and when == "queued":
+            start = self._predicted_start(waiter, now)
+        queued = [w.waiting for w in self._queue if w is not waiter]
+        return deadlines.late_refusal(waiter.key, self._running_by_key, queued, retry_after(now, start))
+
+    def _drop_expired(self, now: float) -> None:
+        """Waiting requests whose deadline has passed leave the queue, refused."""
+        for waiter in [w for w in self._queue if w.waiting.deadline is not None and now >= w.waiting.deadline]:
+            self._queue.remove(waiter)
+            self._dequeued(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(self._late(waiter, now, "queued"))
+
     def _release(self, key: str, cost: int, klass: int) -> None:
+        self.rate.completed(self._now(), cost, self.running, self.batch_size)
         self.running -= cost
         _decrement(self._running_by_class, klass, cost)
         _decrement(self._running_by_key, key, cost)
@@ -201,14 +261,20 @@ class Admission:
         oldest request first."""
         running = Running(self._running_by_key, self._running_by_class)
         while True:
+            now = self._now()
+            self._drop_expired(now)
             heads: dict[str, _Waiter] = {}
-            for waiter in self._queue:
-                heads.setdefault(waiter.key, waiter)
+            for waiter in self._queue:  # each key's earliest deadline, else its oldest
+                head = heads.setdefault(waiter.key, waiter)
+                if earlier_deadline(waiter.waiting, head.waiting):
+                    heads[waiter.key] = waiter
             ready = [waiter for waiter in heads.values() if self._fits(waiter)]
-            choice = self.ranking.choose([waiter.waiting for waiter in ready], running, self._now()) if ready else None
+            choice = self.ranking.choose([waiter.waiting for waiter in ready], running, now) if ready else None
             if choice is None:
                 return
             chosen = next(waiter for waiter in ready if waiter.waiting is choice.waiting)
+            if chosen.waiting.deadline is not None and now > chosen.waiting.deadline:
+                self._on_deadline("granted_late")  # never: _drop_expired ran at this `now`
             self._queue.remove(chosen)
             self._dequeued(chosen)
             self.running += choice.waiting.cost

@@ -8,12 +8,14 @@ is to see. A ranking is pure: everything it reads comes in as arguments, so anot
 
 `ClassRanking`, the service's: class first (interactive, standard, batch; a request waiting
 `aging_s` while its key has nothing running rises one class, so none starves), then its
-key's running sequences (fewest first), then age (oldest first). The batch class may hold
+key's running sequences (fewest first), then deadline (earliest first, none last), then age
+(oldest first). The batch class may hold
 at most `batch_seqs` sequences, so a request of a higher class finds room at once.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,6 +38,7 @@ class Waiting:
     cost: int  # engine sequences: n x prompts
     level: int  # its priority class as admitted, lower first
     since: float  # when it joined the queue, in seconds since the queue opened
+    deadline: float | None = None  # when it must have started, on the same scale; None: never
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ class Choice:
     waiting: Waiting
     klass: int  # the class it starts as (aged); the engine scheduler's class tag
     engine_priority: int  # what vLLM's scheduler sees (components/core/priority.py)
+
+
+def earlier_deadline(waiting: Waiting, than: Waiting) -> bool:
+    """Whether `waiting` must start before `than` (a deadline is earlier than none)."""
+    return waiting.deadline is not None and (than.deadline is None or waiting.deadline < than.deadline)
 
 
 class Ranking(Protocol):
@@ -105,12 +113,13 @@ class ClassRanking:
 
     def choose(self, ready: Sequence[Waiting], running: Running, now: float) -> Choice | None:
         batch_running = sum(seqs for klass, seqs in running.by_class.items() if is_batch(klass))
-        best: tuple[tuple[int, int, float], Waiting, int] | None = None
+        best: tuple[tuple[int, int, float, float], Waiting, int] | None = None
         for waiting in ready:
             klass = self.starts_as(waiting, running, now)
             if is_batch(klass) and batch_running + waiting.cost > self.batch_seqs:
                 continue
-            order = (klass, running.by_key.get(waiting.key, 0), waiting.since)
+            deadline = waiting.deadline if waiting.deadline is not None else math.inf
+            order = (klass, running.by_key.get(waiting.key, 0), deadline, waiting.since)
             if best is None or order < best[0]:
                 best = (order, waiting, klass)
         if best is None:
