@@ -18,6 +18,7 @@ from components.edge.tracing import Tracing
 from components.serving.admission import Admission, per_key_shares
 from components.serving.breaker import CircuitBreaker, State
 from components.serving.lifecycle import Aborter, Gate
+from components.serving.objectives import Objectives
 from components.serving.ranking import ClassRanking
 from components.storage.backend import Storages
 
@@ -39,7 +40,9 @@ class Parts:
         self.limiter = RateLimiter(limits, shared, ledger=self.ledger)
         self.breaker = CircuitBreaker.from_settings(res, self._breaker_changed)
         self.metrics.breaker_state.set(State.CLOSED)
-        self.gate = Gate(self._admission(settings), self.breaker, abort, res.request_timeout, self._request_failed)
+        objectives = Objectives.from_settings(limits, keys_on=self.keys.current.enabled)
+        self.gate = Gate(self._admission(settings, objectives), self.breaker, abort, res.request_timeout,
+                         self._request_failed, objectives)
         self.gpu = GpuMonitor(self.metrics, server.gpu_monitor_interval)
 
     async def close(self) -> None:
@@ -47,23 +50,29 @@ class Parts:
         await self.limiter.close()
         await self.storages.close()
 
-    def _admission(self, settings: Settings) -> Admission:
+    def _admission(self, settings: Settings, objectives: Objectives) -> Admission:
         limits, batch = settings.limits, settings.engine.max_num_seqs
         slots = batch + (batch if limits.engine_queue_depth is None else limits.engine_queue_depth)
-        # Without keys every caller is one tenant: no per-key shares.
+        # Without keys every caller is one tenant (no per-key shares), unless a gateway names them.
         running_share, queued_share = (0, 0)
-        if self.keys.current.enabled:
+        if self.keys.current.enabled or objectives.fairness_header:
             running_share, queued_share = per_key_shares(
                 slots, limits.max_queue_size, limits.max_inflight_per_key, limits.max_queued_per_key)
         return Admission(
             slots, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
             running_per_key=running_share, queued_per_key=queued_share, on_change=self._queue_changed,
-            ranking=ClassRanking.from_settings(limits, batch),
+            ranking=ClassRanking.from_settings(limits, batch), batch_size=batch, on_deadline=self._deadline_missed,
         )
 
     def _breaker_changed(self, state: State) -> None:
         logger.warning("circuit breaker is now %s", state.name.lower())
         self.metrics.breaker_state.set(int(state))
+
+    def _deadline_missed(self, when: str) -> None:
+        if when == "granted_late":
+            self.metrics.granted_past_deadline.inc()
+        else:
+            self.metrics.deadline_refusals.labels(when).inc()
 
     def _queue_changed(self, running: int, waiting: int) -> None:
         self.metrics.active.set(running)

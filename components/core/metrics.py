@@ -61,8 +61,19 @@ class Metrics:
             multiprocess_mode="livesum", registry=None,
         )
         self.queue = Gauge(
-            "vllm_queue_size", "Generations waiting for an engine slot.",
+            "vllm_queue_size", "Generations waiting for an engine slot: in the fair queue, plus sequences "
+            "waiting in vLLM's queue beyond its batch (MAX_NUM_SEQS).",
             multiprocess_mode="livesum", registry=None,
+        )
+        # Deadlines (TTFT objectives): refused at arrival (predicted to start too late) or
+        # dropped from the queue (their deadline passed); none is ever started late.
+        self.deadline_refusals = Counter(
+            "vllm_deadline_refusals_total", "Requests refused for their time-to-first-token deadline, by when: "
+            "arrival (predicted to start past it) or queued (it passed while they waited).", ["when"], registry=None,
+        )
+        self.granted_past_deadline = Counter(
+            "vllm_granted_past_deadline_total", "Requests started past their deadline (0 by construction).",
+            registry=None,
         )
         self.throughput = Histogram(
             "vllm_token_throughput", "Output tokens per second of each finished generation.",

@@ -161,6 +161,13 @@ class LimitSettings(_Group):
     # after which a queued request rises one class (0: never).
     priority_batch_share: float = Field(0.75, alias="PRIORITY_BATCH_SHARE", gt=0, le=1)
     priority_aging_s: float = Field(10, alias="PRIORITY_AGING_SECONDS", ge=0)
+    # Time-to-first-token objectives by class, ms (unset: no deadline); a key's own
+    # (keys file ttft_slo_ms) wins; a request past its predicted start is refused at once.
+    ttft_slo_ms_interactive: int | None = Field(None, alias="TTFT_SLO_MS_INTERACTIVE", ge=1, le=3_600_000)
+    ttft_slo_ms_standard: int | None = Field(None, alias="TTFT_SLO_MS_STANDARD", ge=1, le=3_600_000)
+    ttft_slo_ms_batch: int | None = Field(None, alias="TTFT_SLO_MS_BATCH", ge=1, le=3_600_000)
+    # With keys off: a gateway's x-gateway-inference-fairness-id header names the tenant.
+    gateway_fairness_id: bool = Field(False, alias="GATEWAY_FAIRNESS_ID")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), alias="CORS_ORIGINS")
 
     @field_validator("api_key_limits", mode="before")

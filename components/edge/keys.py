@@ -48,6 +48,8 @@ class KeyPolicy:
     admin: bool = False
     # Keys of one group may share the engine's prefix cache; None: the key alone.
     cache_group: str | None = None
+    ttft_slo_ms: int | None = None  # its time-to-first-token objective; None: its class's
+    sheddable: bool = False  # its requests start now or are refused, never wait
 
     @property
     def priority(self) -> int:

@@ -46,9 +46,10 @@ class KeyEntry(BaseModel):
     expires_at: datetime | None = None
     disabled: bool = False
     admin: bool = False
-    # Keys with one cache_group share the engine's prefix cache (one tenant's keys); unset:
-    # the key alone.
+    # Keys with one cache_group share the engine's prefix cache; unset: the key alone.
     cache_group: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    ttft_slo_ms: int | None = Field(None, ge=1, le=3_600_000)  # unset: the class's (settings)
+    sheddable: bool = False  # never waits in the fair queue: starts now or 503
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyEntry:
@@ -126,7 +127,7 @@ def _policy(entry: KeyEntry) -> KeyPolicy:
         expires_at=entry.expires_at.astimezone(UTC).timestamp() if entry.expires_at else None,
         disabled=entry.disabled,
         admin=entry.admin,
-        cache_group=entry.cache_group,
+        cache_group=entry.cache_group, ttft_slo_ms=entry.ttft_slo_ms, sheddable=entry.sheddable,
     )
 
 

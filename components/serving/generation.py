@@ -30,6 +30,7 @@ from components.edge.ledger import Hold, Ledger, settle_quietly
 from components.edge.tracing import span
 from components.serving.interrupts import Interrupts, Writer
 from components.serving.lifecycle import Gate, Pass
+from components.serving.objectives import arrival
 from components.serving.validation import Generation, requested_max_tokens, reservation
 from components.vllm_adapter.delivery import Delivery
 from components.vllm_adapter.engine_call import EngineCall
@@ -92,6 +93,10 @@ class GenerationResponse(Response):
         self.background = None
         self._hold: Hold | None = None
         self._delivery = Delivery()
+        # Resolved here, before the response starts: a bad x-slo-ttft-ms is the route's 400.
+        ctx = request_context(request.scope)
+        self.terms = gate.objectives.terms(request.headers, ctx.tenant, ctx.policy, generation.priority,
+                                           arrival(ctx.started))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The token reservation, if any, is made once vLLM has counted the prompts
@@ -123,8 +128,9 @@ class GenerationResponse(Response):
         try:
             async with Interrupts(receive, write) as interrupts:
                 with span(ctx, "queue"):
-                    ticket = await self.gate.admit(gen.key, gen.sequences, gen.engine_ids, gen.max_inflight,
-                                                   gen.priority, interrupt=interrupts.interrupt)
+                    ticket = await self.gate.admit(self.terms.key, gen.sequences, gen.engine_ids, gen.max_inflight,
+                                                   gen.priority, interrupt=interrupts.interrupt,
+                                                   deadline=self.terms.deadline, sheddable=self.terms.sheddable)
                 async with ticket:
                     with span(ctx, "engine"):
                         result = await self.call(gen.body, self.request, self._engine_call(ticket, ctx))

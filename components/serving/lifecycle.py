@@ -21,6 +21,7 @@ from components.core.errors import ClientClosed, GenerationTimeout, ServiceError
 from components.core.priority import STANDARD
 from components.serving.admission import Admission, Slot
 from components.serving.breaker import CircuitBreaker
+from components.serving.objectives import Objectives
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,11 @@ class Gate:
         aborter: Aborter,
         request_timeout_s: float,
         on_error: Callable[[ServiceError], None] | None = None,
+        objectives: Objectives | None = None,
     ) -> None:
         self.on_error = on_error or (lambda error: None)
+        # Deadlines, sheddable keys, the gateway's fairness id (components/serving/objectives.py).
+        self.objectives = objectives or Objectives()
         self.admission = admission
         self.breaker = breaker
         self.aborter = aborter
@@ -121,13 +125,15 @@ class Gate:
         task.add_done_callback(self._tasks.discard)
 
     async def admit(self, key: str, sequences: int, engine_ids: Sequence[str], share: int | None = None,
-                    level: int = STANDARD, interrupt: Callable[[ServiceError], None] | None = None) -> Pass:
+                    level: int = STANDARD, interrupt: Callable[[ServiceError], None] | None = None,
+                    deadline: float | None = None, sheddable: bool = False) -> Pass:
         """Breaker first (an open one refuses without queueing), then a slot. `share`: the
         key's own cap on sequences running (keys file max_inflight); `level`: its priority class;
-        `interrupt`: stops the task that runs the generation, when it is aborted."""
+        `interrupt`: stops the task that runs the generation, when it is aborted; `deadline`,
+        `sheddable`: see Admission.acquire."""
         trial = self.breaker.before_call()
         try:
-            slot = await self.admission.acquire(key, sequences, share, level)
+            slot = await self.admission.acquire(key, sequences, share, level, deadline, sheddable)
         except BaseException:
             self.breaker.release_trial(trial)
             raise
