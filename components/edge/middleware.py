@@ -37,6 +37,7 @@ CORS_ALLOW_HEADERS = [
     "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-retry-count", "x-stainless-timeout",
     "x-stainless-async", "x-stainless-helper-method",
     "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
+    "x-slo-ttft-ms",  # a client's tighter time-to-first-token objective (components/serving/objectives.py)
 ]
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 # Each header costs its name, its value and ": " + CRLF on the wire.

@@ -161,8 +161,7 @@ class Admission:
         self._refuse_if_late(waiter, now)
         self._queue.append(waiter)
         self._queued_by_key[key] += 1
-        # After every change _dispatch() has started whatever fits, so a request that fits
-        # now starts now; one that does not must find a place in the queue.
+        # _dispatch() starts whatever fits after every change: what fits now starts now.
         self._dispatch()
         if not waiter.future.done():
             self._refuse_beyond_the_bounds(waiter, sheddable)
@@ -184,8 +183,9 @@ class Admission:
                 self._dequeued(waiter)
                 self._dispatch()  # a big waiter leaving may let smaller ones in
                 self._changed()
-            if isinstance(exc, TimeoutError) and wait_s < self.max_wait_s:
-                raise self._late(waiter, self._now(), "queued") from None
+            if isinstance(exc, TimeoutError) and wait_s < self.max_wait_s:  # its deadline (dropped once)
+                dropped = waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception()
+                raise (dropped or self._late(waiter, self._now(), "queued")) from None
             if isinstance(exc, TimeoutError):
                 raise Overloaded(
                     f"No capacity freed up within {self.max_wait_s:g} s; retry shortly.",
