@@ -1,8 +1,15 @@
 from __future__ import annotations
 
-import pytest
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
 
-from components.core.errors import InvalidRequest
+import pytest
+from starlette.requests import Request
+
+from components.core.context import request_context
+from components.core.errors import InvalidRequest, Overloaded
 from components.core.priority import BATCH, INTERACTIVE, STANDARD
 from components.core.settings import LimitSettings
 from components.edge.keys import KeyPolicy
@@ -74,3 +81,46 @@ def test_class_objectives_are_bounded_settings() -> None:
     with pytest.raises(ValueError):
         limits(TTFT_SLO_MS_STANDARD="0")
     assert limits().gateway_fairness_id is False and limits().ttft_slo_ms_standard is None
+
+
+def response_for(headers: dict[str, str], objectives: Objectives, admission: Any = None) -> Any:
+    from components.serving.admission import Admission
+    from components.serving.breaker import CircuitBreaker
+    from components.serving.generation import GenerationResponse
+    from components.serving.lifecycle import Gate
+
+    async def aborter(ids: Any) -> None:
+        return None
+
+    gate = Gate(admission or Admission(1, 1, 1.0), CircuitBreaker(), aborter, 0, objectives=objectives)
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
+             "headers": [(name.encode(), value.encode()) for name, value in headers.items()]}
+    # It arrived a while ago: the deadline counts from the front door, not from here.
+    request_context(scope).started = time.perf_counter() - 5
+    return GenerationResponse(SimpleNamespace(priority=STANDARD), Request(scope), None, gate,  # type: ignore[arg-type]
+                              stall_timeout_s=1.0)
+
+
+def test_a_generation_takes_its_terms_before_its_response_starts() -> None:
+    objectives = Objectives.from_settings(limits(TTFT_SLO_MS_STANDARD="1000"), keys_on=True)
+    with pytest.raises(InvalidRequest):  # raised in the route, so rendered in its dialect's error shape
+        response_for({SLO_HEADER: "soon"}, objectives)
+    terms = response_for({SLO_HEADER: "200"}, objectives).terms
+    assert terms.key == "anonymous" and terms.deadline is not None and terms.deadline < time.monotonic() - 4
+
+
+def test_the_gate_hands_deadline_and_sheddable_to_admission() -> None:
+    from components.serving.admission import Admission
+
+    async def scenario() -> None:
+        admission = Admission(1, 4, 30.0)
+        gate = response_for({}, Objectives(), admission).gate
+        first = await gate.admit("a", 1, ("e1",))
+        with pytest.raises(Overloaded):
+            await gate.admit("s", 1, ("e2",), sheddable=True)
+        with pytest.raises(Overloaded):
+            await gate.admit("d", 1, ("e3",), deadline=time.monotonic())  # already due
+        assert admission.waiting == 0
+        first.abort(Overloaded("done"))
+
+    asyncio.run(scenario())
