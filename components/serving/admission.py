@@ -6,9 +6,9 @@ Per key: at most `running_per_key` sequences in the engine (more of its requests
 at most `queued_per_key` requests waiting (429 beyond), so one key cannot take every queue
 place. Whenever capacity frees up or a request arrives, every waiting request that fits is
 started, so a large request cannot hold back smaller ones while capacity sits idle; a key's
-requests start oldest first, and which key's goes next is the ranking's choice
-(components/serving/ranking.py: by default class, then the key's running sequences, then
-deadline, then age).
+requests start earliest deadline first, else oldest first, and which key's goes next is the
+ranking's choice (components/serving/ranking.py: by default class, then the key's running
+sequences, then deadline, then age).
 
 A request with a deadline (when it must have started) is refused at once when the measured
 service rate predicts a later start (components/serving/deadlines.py); a waiting one is
@@ -258,7 +258,7 @@ class Admission:
 
     def _dispatch(self) -> None:
         """Start every waiting request that fits, in the ranking's order: of each key, its
-        oldest request first."""
+        earliest deadline first, else its oldest."""
         running = Running(self._running_by_key, self._running_by_class)
         while True:
             now = self._now()

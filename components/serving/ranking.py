@@ -1,16 +1,16 @@
 """Which waiting request starts next: the ranking policy of the fair queue (admission.py).
 
-The queue counts and waits; after every change it offers the ranking the oldest waiting
-request of each key that the engine and the key's share have room for, and the ranking
-picks the one to start (or none), the class it starts as and the priority vLLM's own queue
-is to see. A ranking is pure: everything it reads comes in as arguments, so another one
-(deadline-aware, say) plugs into the same queue.
+The queue counts and waits; after every change it offers the ranking each key's waiting
+request of the earliest deadline (else its oldest) that the engine and the key's share have
+room for, and the ranking picks the one to start (or none), the class it starts as and the
+priority vLLM's own queue is to see. A ranking is pure: everything it reads comes in as
+arguments, so another one plugs into the same queue.
 
 `ClassRanking`, the service's: class first (interactive, standard, batch; a request waiting
 `aging_s` while its key has nothing running rises one class, so none starves), then its
 key's running sequences (fewest first), then deadline (earliest first, none last), then age
-(oldest first). The batch class may hold
-at most `batch_seqs` sequences, so a request of a higher class finds room at once.
+(oldest first). The batch class may hold at most `batch_seqs` sequences, so a request of a
+higher class finds room at once.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ class Ranking(Protocol):
 
     def choose(self, ready: Sequence[Waiting], running: Running, now: float) -> Choice | None:
         """The request of `ready` to start now, or None to start none of them. `ready`: each
-        key's oldest waiting request that fits the engine and its key's share, in the order
-        the keys joined the queue; `now`: seconds since the queue opened."""
+        key's first waiting request (earliest deadline, else oldest) that fits the engine and
+        its key's share, in the order the keys joined the queue; `now`: seconds since the
+        queue opened."""
 
 
 def batch_seqs(batch_size: int, share: float) -> int:
