@@ -89,11 +89,14 @@ class Stream:
         self.headers = headers(key, **extra)
         self.first = threading.Event()
         self.first_at = float("inf")
+        self.chunks = 0  # data lines streamed so far
         self.close = threading.Event()
 
     def run(self) -> int:
         with httpx.stream("POST", self.url, json=self.body, headers=self.headers, timeout=300) as r:
             for line in r.iter_lines():
+                if line.startswith("data: "):
+                    self.chunks += 1
                 if line.startswith("data: ") and not self.first.is_set():
                     self.first_at = time.monotonic()
                     self.first.set()
@@ -178,3 +181,40 @@ def test_earliest_deadline_first_within_a_class(server: Server) -> None:
         assert urgent_done.result(300) == 200 and late_done.result(300) == 200
     # One place in the engine: the first to stream is the first started.
     assert urgent.first_at < late.first_at
+
+
+def test_a_request_predicted_to_start_late_is_refused_at_arrival(server: Server) -> None:
+    # A rate estimate: short requests, each completing while it fills the engine's only
+    # place (the estimate needs 4 in its 30 s window); their server-side inter-token time
+    # measures one engine step.
+    assert wait_until(lambda: idle(server), 120)
+    steps = []
+    for _ in range(4):
+        response = httpx.post(f"{server.url}/v1/completions", headers=headers(KEY_BLOCK), timeout=300,
+                              json={"prompt": PROMPT, "max_tokens": 8, "ignore_eos": True})
+        assert response.status_code == 200, response.text
+        steps.append(response.json()["metrics"]["mean_itl_ms"])
+    step_ms = max(steps)
+    tokens = 240
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        blocker, held = hold_engine(server, pool)
+        try:
+            # The engine busy for `tokens` steps with no completion: the measured rate is at
+            # most (completions in the window - 1) per that many steps, at most ~9 here (this
+            # file's earlier tests), so the blocker's end is predicted >= tokens / 8 steps away.
+            assert wait_until(lambda: blocker.chunks >= tokens, 300)
+            objective_ms = max(1, int(tokens * step_ms / 24))  # a third of that
+            arrival_before = metric_total(server, "vllm_deadline_refusals_total", when="arrival")
+            queued_before = metric_total(server, "vllm_deadline_refusals_total", when="queued")
+            prompts_before = metric_total(server, "vllm:prompt_tokens_total")
+            response = short(server, KEY_EDF, **{"x-slo-ttft-ms": str(objective_ms)})
+            assert response.status_code == 503, response.text
+            assert int(response.headers["retry-after"]) >= 1
+            # Refused as it arrived, not after waiting out its deadline in the queue.
+            assert metric_total(server, "vllm_deadline_refusals_total", when="arrival") == arrival_before + 1
+            assert metric_total(server, "vllm_deadline_refusals_total", when="queued") == queued_before
+            assert health(server)["engine_unfinished_requests"] == 1
+            assert metric_total(server, "vllm:prompt_tokens_total") == prompts_before
+        finally:
+            blocker.close.set()
+        assert held.result(60) == 200
