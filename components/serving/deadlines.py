@@ -68,12 +68,27 @@ class ServiceRate:
         return done / busy if busy > 0 and done > 0 else None
 
 
-def must_finish(running: int, ahead: int, cost: int, batch: int) -> int:
+def must_finish(running: int, ahead: int, cost: int, batch: int, engine_before: int | None = None) -> int:
     """Sequences that must complete before a request of `cost` sequences is in the batch:
-    everything in the engine (`running`, its own queue beyond the batch included), then what
-    the fair queue starts before it (`ahead`), then itself, fill the batch first; each
-    completion makes one place."""
-    return max(0, running + ahead + cost - batch)
+    the batch itself, then the sequences waiting in vLLM's own queue that it starts before
+    (`engine_before`; None: all of them), then what the fair queue starts before it
+    (`ahead`), then itself; each completion makes one place."""
+    in_batch = min(running, batch)
+    beyond = running - in_batch
+    waiting_before = beyond if engine_before is None else min(beyond, engine_before)
+    return max(0, in_batch + waiting_before + ahead + cost - batch)
+
+
+def engine_waiting_before(waiting: Waiting, running_by_class: Mapping[int, int], by_key: Mapping[str, int]) -> int:
+    """At most how many of the sequences in the engine `waiting` would wait behind in vLLM's
+    queue. vLLM's priority (components/core/priority.py) puts behind it a lower class and,
+    within a class, another key's sequences granted while that key held more sequences than
+    its own key holds now; so at most those of its class or a higher one, and of each key at
+    most one more than its own key holds."""
+    same_or_higher = sum(count for klass, count in running_by_class.items() if klass <= waiting.level)
+    own = by_key.get(waiting.key, 0)
+    fewer_held = sum(min(count, own + 1) for count in by_key.values())
+    return min(same_or_higher, fewer_held)
 
 
 def predicted_start(now: float, sequences: int, rate: float | None) -> float | None:
@@ -103,11 +118,13 @@ def sequences_ahead(waiting: Waiting, queued: Iterable[Waiting], by_key: Mapping
 
 
 def predict(waiting: Waiting, queued: Sequence[Waiting], by_key: Mapping[str, int], running: int, batch: int,
-            rate: float | None, now: float) -> float | None:
+            rate: float | None, now: float, running_by_class: Mapping[int, int] | None = None) -> float | None:
     """When `waiting` would enter the batch, with `queued` in the fair queue and `running`
-    sequences in the engine; None: no estimate."""
-    return predicted_start(now, must_finish(running, sequences_ahead(waiting, queued, by_key), waiting.cost, batch),
-                           rate)
+    sequences in the engine (`running_by_class`: by the class each started as; None: every
+    one of them is ahead of it); None: no estimate."""
+    engine_before = None if running_by_class is None else engine_waiting_before(waiting, running_by_class, by_key)
+    sequences = must_finish(running, sequences_ahead(waiting, queued, by_key), waiting.cost, batch, engine_before)
+    return predicted_start(now, sequences, rate)
 
 
 def over_share(key: str, held: Mapping[str, int]) -> bool:

@@ -8,8 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.core.errors import Overloaded, RateLimited
+from components.core.priority import BATCH, INTERACTIVE, STANDARD
 from components.serving.admission import Admission, Slot
-from components.serving.deadlines import ServiceRate, must_finish, over_share, predicted_start, retry_after
+from components.serving.deadlines import (
+    ServiceRate,
+    engine_waiting_before,
+    must_finish,
+    over_share,
+    predicted_start,
+    retry_after,
+)
 from components.serving.ranking import Choice, ClassRanking, Running, Waiting
 
 WAIT = 30.0
@@ -59,6 +67,56 @@ def test_the_sequences_to_finish_before_a_request_enters_the_batch() -> None:
     assert retry_after(5.0, 6.5) == "2" and retry_after(5.0, 5.1) == "1" and retry_after(5.0, None) == "1"
     assert over_share("a", {"a": 3, "b": 1}) and not over_share("b", {"a": 3, "b": 1})
     assert not over_share("a", {"a": 2, "b": 2})
+
+
+def test_a_higher_class_waits_only_behind_its_own_or_higher_in_vllms_queue() -> None:
+    by_class = {BATCH: 10, STANDARD: 1, INTERACTIVE: 1}  # a batch of 4, 8 waiting in vLLM's queue
+    by_key = {"bulk": 10, "std": 1, "chat": 1}
+    assert engine_waiting_before(Waiting("chat", 1, INTERACTIVE, 0), by_class, by_key) == 1
+    assert engine_waiting_before(Waiting("std", 1, STANDARD, 0), by_class, by_key) == 2
+    assert engine_waiting_before(Waiting("bulk", 1, BATCH, 0), by_class, by_key) == 12
+
+
+def test_a_key_holding_little_waits_only_behind_keys_holding_as_little_in_vllms_queue() -> None:
+    by_class = {STANDARD: 40}
+    flood = {"flood": 39, "quiet": 1}
+    # The quiet key holds 1: of the flood's 39 at most 2 were granted while it held 1 or none.
+    assert engine_waiting_before(Waiting("quiet", 1, STANDARD, 0), by_class, flood) == 3
+    assert engine_waiting_before(Waiting("new", 1, STANDARD, 0), by_class, flood) == 2  # holds none
+    assert engine_waiting_before(Waiting("flood", 1, STANDARD, 0), by_class, flood) == 40
+    # Interactive: the batch, then at most the one interactive waiting, then itself.
+    assert must_finish(running=12, ahead=0, cost=1, batch=4, engine_before=1) == 2
+    assert must_finish(running=12, ahead=0, cost=1, batch=4, engine_before=12) == 9  # batch: all of them
+    assert must_finish(running=3, ahead=0, cost=1, batch=4, engine_before=0) == 0  # room now
+
+
+async def interactive_after_a_batch_flood(clock: Clock) -> Admission:
+    """A batch of 2 and vLLM's queue of 2 full of batch-class sequences, measured at one
+    completion per second."""
+    admission = Admission(capacity=4, max_waiting=4, max_wait_s=WAIT, clock=clock, batch_size=2,
+                          ranking=ClassRanking(batch_seqs=4, key_yield_s=WAIT))
+    slots = [await admission.acquire("bulk", level=BATCH) for _ in range(4)]
+    for _ in range(5):
+        clock.t += 1
+        slots.pop(0).release()
+        slots.append(await admission.acquire("bulk", level=BATCH))
+    return admission
+
+
+def test_an_interactive_request_is_not_refused_for_lower_classes_waiting_in_vllm() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        admission = await interactive_after_a_batch_flood(clock)
+        assert admission.rate.rate(admission._now()) == pytest.approx(1.0) and admission.running == 4
+        # Behind the batch's 2 only (1 s for one place), not the 2 batch ones queued in vLLM (3 s).
+        waiting = asyncio.ensure_future(admission.acquire("chat", level=INTERACTIVE, deadline=clock.t + 1.5))
+        await asyncio.sleep(0)
+        assert not waiting.done() and admission.waiting == 1
+        with pytest.raises(Overloaded):  # the same deadline for a batch request: 3 s away
+            await admission.acquire("bulk2", level=BATCH, deadline=clock.t + 1.5)
+        waiting.cancel()
+
+    asyncio.run(scenario())
 
 
 def test_a_request_predicted_to_start_past_its_deadline_is_refused_at_arrival() -> None:
