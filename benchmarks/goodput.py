@@ -199,7 +199,7 @@ def run_scenario(url: str, tokenizer: str, streams: list[Stream], capacity: floa
 
 
 def measure_capacity(url: str, tokenizer: str, workdir: Path) -> dict[str, float]:
-    result = workdir / "capacity.json"
+    result = workdir / f"capacity-{time.monotonic_ns()}.json"
     command = [*CLIENT, "--backend", "openai-chat", "--base-url", url,
                "--endpoint", "/v1/chat/completions", "--model", SERVED_NAME, "--tokenizer", tokenizer,
                "--dataset-name", "random", "--random-input-len", "128", "--random-output-len", "64", "--ignore-eos",
@@ -255,6 +255,9 @@ def main() -> int:
                                              "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB}, name="service")
         started.append(service)
         service.wait_ready()
+        # The same warm-up raw vLLM's engines had (the capacity run, the sweep): the batch
+        # sizes up to MAX_NUM_SEQS seen once before anything is measured.
+        measure_capacity(service.url, tokenizer, workdir)
         servers = {"raw_stock": stock_url, "raw_bounded": bounded_urls[best], "service": service.url}
         results: dict[str, Any] = {}
         for n, name in enumerate(s for s in options.scenarios.split(",")):

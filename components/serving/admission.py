@@ -13,6 +13,7 @@ sequences, then deadline, then age).
 A request with a deadline (when it must have started) is refused at once when the measured
 service rate predicts a later start (components/serving/deadlines.py); a waiting one is
 dropped when its deadline passes, never started late. A sheddable request never waits.
+What a started request holds, and the number vLLM's queue sees for it: grants.py.
 
 A hand-written queue: asyncio.Semaphore hides its waiters, cannot refuse at a bound, and
 knows neither costs nor keys.
@@ -31,6 +32,7 @@ from components.core.errors import InvalidRequest, Overloaded, RateLimited, Unav
 from components.core.priority import STANDARD
 from components.serving import deadlines
 from components.serving.deadlines import ServiceRate, retry_after
+from components.serving.grants import EngineOrder, Slot
 from components.serving.ranking import Choice, ClassRanking, Ranking, Running, Waiting, earlier_deadline
 
 K = TypeVar("K")
@@ -47,21 +49,7 @@ class _Waiter:
         return self.waiting.key
 
 
-class Slot:
-    """`cost` sequences running for one key; `release()` gives them back, once. `klass`:
-    the class it started as (aged); `engine_priority`: what vLLM's scheduler is to see."""
-
-    def __init__(self, admission: Admission, choice: Choice) -> None:
-        self._admission: Admission | None = admission
-        self.key = choice.waiting.key
-        self.cost = choice.waiting.cost
-        self.klass = choice.klass
-        self.engine_priority = choice.engine_priority
-
-    def release(self) -> None:
-        if self._admission is not None:
-            admission, self._admission = self._admission, None
-            admission._release(self.key, self.cost, self.klass)
+__all__ = ["Admission", "Slot", "per_key_shares"]
 
 
 class Admission:
@@ -100,6 +88,7 @@ class Admission:
         self._running_by_class: dict[int, int] = defaultdict(int)
         self._queued_by_key: dict[str, int] = defaultdict(int)
         self._queue: deque[_Waiter] = deque()
+        self._engine_order = EngineOrder()
         self._closed: Unavailable | None = None
         self._on_change = on_change or (lambda running, waiting: None)
 
@@ -253,6 +242,8 @@ class Admission:
         self.running -= cost
         _decrement(self._running_by_class, klass, cost)
         _decrement(self._running_by_key, key, cost)
+        if not self.running_for(key):
+            self._engine_order.idle(key)
         self._dispatch()
         self._changed()
 
@@ -272,6 +263,7 @@ class Admission:
             choice = self.ranking.choose([waiter.waiting for waiter in ready], running, now) if ready else None
             if choice is None:
                 return
+            choice = self._engine_order.granted(choice)
             chosen = next(waiter for waiter in ready if waiter.waiting is choice.waiting)
             if chosen.waiting.deadline is not None and now > chosen.waiting.deadline:
                 self._on_deadline("granted_late")  # never: _drop_expired ran at this `now`
