@@ -24,14 +24,23 @@ MIN_COMPLETIONS = 4
 
 
 class ServiceRate:
-    """Sequences completed per second of full batch, over the last `window_s` seconds."""
+    """Sequences completed per second of full batch, over the last `window_s` seconds.
 
-    def __init__(self, window_s: float = 30.0, min_completions: int = MIN_COMPLETIONS) -> None:
+    A full period's busy time counts from its first completion: before it, a batch that
+    filled at once (a burst after a quiet time) is still in its first requests' prefill and
+    decode, and counting that time would read a burst's first seconds as a slow engine
+    (the first requests of a flood were refused, benchmarks/goodput.py). A period that
+    follows the last within `dip_s` (a completion whose place was refilled a moment
+    later) goes on counting at once."""
+
+    def __init__(self, window_s: float = 30.0, min_completions: int = MIN_COMPLETIONS, dip_s: float = 1.0) -> None:
         self.window_s = window_s
+        self.dip_s = dip_s
         self.min_completions = min_completions
-        self._busy_s = 0.0  # seconds the batch has been full, in total
+        self._busy_s = 0.0  # seconds the batch has been full, in total, from each period's first completion
         self._done = 0  # sequences completed while it was full, in total
-        self._full_since: float | None = None
+        self._full_since: float | None = None  # busy time counts from here
+        self._ended_at: float | None = None  # when the last full period ended
         # (when, busy seconds then, completions then), one per completion while full.
         self._samples: deque[tuple[float, float, int]] = deque()
 
@@ -41,16 +50,20 @@ class ServiceRate:
     def observe(self, now: float, running: int, batch: int) -> None:
         """The engine holds `running` sequences now; its batch is full at `batch` or more."""
         full = running >= batch
-        if full and self._full_since is None:
+        if full and self._full_since is None and self._ended_at is not None and now - self._ended_at <= self.dip_s:
             self._full_since = now
         elif not full and self._full_since is not None:
             self._busy_s += now - self._full_since
-            self._full_since = None
+            self._full_since, self._ended_at = None, now
 
     def completed(self, now: float, sequences: int, running_before: int, batch: int) -> None:
-        """`sequences` finished at `now`; counted only if the batch was full before they did."""
+        """`sequences` finished at `now`; counted only if the batch was full before they did,
+        and not the first completion of a full period (it starts the period's clock)."""
         if running_before >= batch:
-            self._done += sequences
+            if self._full_since is None:
+                self._full_since = now
+            else:
+                self._done += sequences
             self._samples.append((now, self._busy_until(now), self._done))
         while self._samples and self._samples[0][0] < now - self.window_s:
             self._samples.popleft()

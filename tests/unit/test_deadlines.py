@@ -57,6 +57,22 @@ def test_the_rate_counts_only_completions_while_the_batch_is_full() -> None:
     assert rate.rate(200) is None  # out of the window: no estimate any more
 
 
+def test_a_bursts_first_seconds_without_completions_do_not_read_as_a_slow_engine() -> None:
+    rate = ServiceRate(window_s=30, min_completions=4)
+    rate.observe(0, running=8, batch=4)  # a burst after a quiet time fills the batch at once
+    t = 6.0  # its first requests finish only after their whole decode
+    for _ in range(6):
+        rate.completed(t, 1, running_before=8, batch=4)
+        t += 0.2
+    # Five completions 0.2 s apart after the first: 5 per second, not 5 per 7 s.
+    assert rate.rate(t - 0.2) == pytest.approx(5.0)
+    rate.observe(t, running=2, batch=4)  # a quiet time
+    rate.observe(t + 5, running=8, batch=4)  # the next burst: its clock waits for a completion
+    rate.completed(t + 11, 1, running_before=8, batch=4)
+    # Neither the quiet 5 s nor the burst's first 6 s count: 5 in the first period's 1.2 s.
+    assert rate.rate(t + 11) == pytest.approx(5 / 1.2)
+
+
 def test_the_sequences_to_finish_before_a_request_enters_the_batch() -> None:
     assert must_finish(running=1, ahead=0, cost=1, batch=4) == 0  # room now
     assert must_finish(running=4, ahead=0, cost=1, batch=4) == 1
