@@ -142,8 +142,14 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+# Where a started request's time to first token went, from the service's /metrics: its wait
+# in the fair queue, in vLLM's queue, and the first token as vLLM and as the service saw it.
+TIME_SPLIT = {"vllm_queue_wait_seconds": "fair_queue", "vllm:request_queue_time_seconds": "vllm_queue",
+              "vllm:time_to_first_token_seconds": "engine_ttft", "vllm_ttft_seconds": "service_ttft"}
+
+
 def deadline_counters(url: str) -> dict[str, float]:
-    """The service's deadline counters from its /metrics."""
+    """The service's deadline counters and the sums and counts of TIME_SPLIT's histograms."""
     import httpx
 
     wanted = {'vllm_deadline_refusals_total{when="arrival"}': "refused_at_arrival",
@@ -152,9 +158,24 @@ def deadline_counters(url: str) -> dict[str, float]:
     counters = dict.fromkeys(wanted.values(), 0.0)
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
         name, _, value = line.rpartition(" ")
+        family = name.split("{", 1)[0]
         if name in wanted:
             counters[wanted[name]] += float(value)
+        for suffix in ("_sum", "_count"):
+            if family.removesuffix(suffix) in TIME_SPLIT and family.endswith(suffix):
+                label = TIME_SPLIT[family.removesuffix(suffix)] + suffix
+                counters[label] = counters.get(label, 0.0) + float(value)
     return counters
+
+
+def time_split(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Mean seconds per started request in each part of TIME_SPLIT, over one scenario."""
+    means: dict[str, float | None] = {}
+    for part in TIME_SPLIT.values():
+        count = after.get(part + "_count", 0.0) - before.get(part + "_count", 0.0)
+        total = after.get(part + "_sum", 0.0) - before.get(part + "_sum", 0.0)
+        means[part + "_mean_s"] = round(total / count, 3) if count else None
+    return means
 
 
 def refusals_in_log(log: Path, offset: int) -> dict[str, Any]:
@@ -193,7 +214,9 @@ def run_scenario(url: str, tokenizer: str, streams: list[Stream], capacity: floa
     out["total_within_slo"] = sum(v["within_slo"] for v in out.values())
     if service_log is not None:
         after = deadline_counters(url)
-        out["deadlines"] = {name: after[name] - before[name] for name in after}
+        out["deadlines"] = {name: after[name] - before[name] for name in
+                            ("refused_at_arrival", "dropped_from_queue", "granted_past_deadline")}
+        out["time_to_first_token_split"] = time_split(before, after)
         out["refusals_server_side"] = refusals_in_log(service_log, offset)
     return out
 
@@ -221,7 +244,11 @@ def main() -> int:
     parser.add_argument("--scenarios", default="U1,U2,U3,F,C,L")
     parser.add_argument("--sweep", default="16,32", help="--max-num-queued-reqs values tried on U2")
     parser.add_argument("--out", default="goodput")
+    parser.add_argument("--servers", default="raw_stock,raw_bounded,service",
+                        help="a subset to try a change quickly (the committed figures use all three)")
+    parser.add_argument("--capacity", help="REQ_PER_S,TTFT_P50_MS,TPOT_P50_MS of an earlier run: no capacity run")
     options = parser.parse_args()
+    wanted = options.servers.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="goodput-"))
     tokenizer = str(ensure_converted(EngineSettings().cache_dir))  # type: ignore[call-arg]
     spec = resolve_spec(EngineSettings(), gpu_count=0, drain_seconds=30)  # type: ignore[call-arg]
@@ -232,23 +259,29 @@ def main() -> int:
     engine_env = {**spec.engine_env, "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB}
     started: list[Any] = []
     try:
-        stock, stock_url = start_raw_vllm(raw_args, engine_env, workdir / "vllm-stock.log")
-        started.append(stock)
-        capacity = measure_capacity(stock_url, tokenizer, workdir)
+        stock_url = ""
+        if "raw_stock" in wanted or not options.capacity:
+            stock, stock_url = start_raw_vllm(raw_args, engine_env, workdir / "vllm-stock.log")
+            started.append(stock)
+        if options.capacity:
+            rate, ttft, tpot = (float(x) for x in options.capacity.split(","))
+            capacity = {"req_per_s": rate, "ttft_p50_ms": ttft, "tpot_p50_ms": tpot}
+        else:
+            capacity = measure_capacity(stock_url, tokenizer, workdir)
         slo = {"ttft_ms": 5 * capacity["ttft_p50_ms"], "tpot_ms": 2 * capacity["tpot_p50_ms"]}
         print(json.dumps({"capacity": capacity, "slo": slo}), flush=True)
         cap = capacity["req_per_s"]
         plan = scenarios()
         sweep: dict[str, Any] = {}
         bounded_urls: dict[int, str] = {}
-        for bound in (int(x) for x in options.sweep.split(",")):
+        for bound in (int(x) for x in options.sweep.split(",") if "raw_bounded" in wanted):
             process, url = start_raw_vllm([*raw_args, "--max-num-queued-reqs", str(bound), "--scheduling-policy",
                                            "priority"], engine_env, workdir / f"vllm-bound-{bound}.log")
             started.append(process)
             bounded_urls[bound] = url
             sweep[str(bound)] = run_scenario(url, tokenizer, plan["U2"], cap, options.seconds, slo, False, workdir)
             print(json.dumps({"sweep": bound, **sweep[str(bound)]}), flush=True)
-        best = max(bounded_urls, key=lambda b: sweep[str(b)]["total_within_slo"])
+        best = max(bounded_urls, key=lambda b: sweep[str(b)]["total_within_slo"]) if bounded_urls else None
         keys = workdir / "keys.yaml"
         keys.write_text(keys_yaml(slo["ttft_ms"]))
         service = start_server(workdir, env={"KEYS_FILE": str(keys), "DEFAULT_RATE_LIMIT": "1000000",
@@ -258,7 +291,8 @@ def main() -> int:
         # The same warm-up raw vLLM's engines had (the capacity run, the sweep): the batch
         # sizes up to MAX_NUM_SEQS seen once before anything is measured.
         measure_capacity(service.url, tokenizer, workdir)
-        servers = {"raw_stock": stock_url, "raw_bounded": bounded_urls[best], "service": service.url}
+        servers = {"raw_stock": stock_url, "raw_bounded": bounded_urls[best] if best else "", "service": service.url}
+        servers = {name: url for name, url in servers.items() if name in wanted}
         results: dict[str, Any] = {}
         for n, name in enumerate(s for s in options.scenarios.split(",")):
             order = list(servers) if n % 2 == 0 else list(reversed(servers))
@@ -294,7 +328,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     servers = ["raw_stock", "raw_bounded", "service"]
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(servers)
-    for i, server in enumerate(servers):
+    for i, server in enumerate(s for s in servers if s in results[names[0]]):
         ax.bar([n + i * width for n in range(len(names))], [results[s][server]["total_within_slo"] for s in names],
                width, label=server)
     ax.set_xticks([n + width for n in range(len(names))], names)

@@ -42,7 +42,7 @@ class Parts:
         self.metrics.breaker_state.set(State.CLOSED)
         objectives = Objectives.from_settings(limits, keys_on=self.keys.current.enabled)
         self.gate = Gate(self._admission(settings, objectives), self.breaker, abort, res.request_timeout,
-                         self._request_failed, objectives)
+                         self._request_failed, objectives, self.metrics.queue_wait.observe)
         self.gpu = GpuMonitor(self.metrics, server.gpu_monitor_interval)
 
     async def close(self) -> None:

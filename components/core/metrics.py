@@ -75,6 +75,10 @@ class Metrics:
             "vllm_granted_past_deadline_total", "Requests started past their deadline (0 by construction).",
             registry=None,
         )
+        self.queue_wait = Histogram(
+            "vllm_queue_wait_seconds", "Time a started generation waited in the fair queue for a place in the "
+            "engine (0 when it started at once).", buckets=TTFT_BUCKETS, registry=None,
+        )
         self.throughput = Histogram(
             "vllm_token_throughput", "Output tokens per second of each finished generation.",
             ["endpoint"], buckets=THROUGHPUT_BUCKETS, registry=None,

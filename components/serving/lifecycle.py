@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -107,8 +108,11 @@ class Gate:
         request_timeout_s: float,
         on_error: Callable[[ServiceError], None] | None = None,
         objectives: Objectives | None = None,
+        on_admitted: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_admitted`: told the seconds each started generation waited for its slot."""
         self.on_error = on_error or (lambda error: None)
+        self.on_admitted = on_admitted or (lambda waited_s: None)
         # Deadlines, sheddable keys, the gateway's fairness id (components/serving/objectives.py).
         self.objectives = objectives or Objectives()
         self.admission = admission
@@ -132,11 +136,13 @@ class Gate:
         `interrupt`: stops the task that runs the generation, when it is aborted; `deadline`,
         `sheddable`: see Admission.acquire."""
         trial = self.breaker.before_call()
+        asked = time.monotonic()
         try:
             slot = await self.admission.acquire(key, sequences, share, level, deadline, sheddable)
         except BaseException:
             self.breaker.release_trial(trial)
             raise
+        self.on_admitted(time.monotonic() - asked)
         ticket = Pass(self, engine_ids, slot, trial, interrupt)
         self.inflight.add(ticket)
         self.total += 1
