@@ -218,8 +218,10 @@ class Admission:
     def _refuse_if_late(self, waiter: _Waiter, now: float) -> None:
         """Refused at arrival rather than after waiting for nothing; without an estimate, never."""
         deadline = waiter.waiting.deadline
-        start = self._predicted_start(waiter, now) if deadline is not None else None
-        if deadline is not None and (now >= deadline or start is not None and start > deadline):
+        if deadline is None:
+            return
+        start = self._predicted_start(waiter, now)
+        if now >= deadline or start is not None and start > deadlines.latest_start(now, deadline):
             raise self._late(waiter, now, "arrival", start)
 
     def _late(self, waiter: _Waiter, now: float, when: str, start: float | None = None) -> Overloaded | RateLimited:

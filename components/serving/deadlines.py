@@ -21,6 +21,18 @@ from components.serving.ranking import Waiting
 
 # Fewer completions than this in the window: no estimate (one or two are noise).
 MIN_COMPLETIONS = 4
+# A request is admitted only if predicted to start within this share of the time left to its
+# deadline. The rest is for its first token once in the batch (a prefill beside a full batch:
+# 0.9 s of a 4.3 s objective on a 2-core host) and the prediction's error. Under overload the
+# queue then holds half an objective's worth of work, still enough to keep the batch full,
+# while admitting up to the deadline itself left about half of the admitted requests late
+# (docs/benchmarks/goodput.json, how it was found: docs/benchmarks.md).
+START_WITHIN = 0.5
+
+
+def latest_start(now: float, deadline: float) -> float:
+    """The latest predicted start at which a request arriving `now` is admitted."""
+    return now + (deadline - now) * START_WITHIN
 
 
 class ServiceRate:
