@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from harness.held_stream import PROMPT, HeldStream
 from harness.server import Server, running_server, wait_until
 
 KEY_BLOCK = "sk-deadline-block-3e91a0"  # no objective: holds the engine
@@ -24,7 +23,6 @@ KEY_SLO = "sk-deadline-slo-7c20d4"  # ttft_slo_ms SLO_MS
 KEY_EDF = "sk-deadline-edf-51b8f6"  # no objective of its own: its requests set one by header
 KEY_ADMIN = "sk-deadline-admin-0a6c3e"
 SLO_MS = 1500
-PROMPT = "The capital of France is"
 
 
 def sha(key: str) -> str:
@@ -79,34 +77,12 @@ def metric_total(server: Server, name: str, **labels: str) -> float:
     return total
 
 
-class Stream:
-    """One streamed completion: when its first token came (client side, for ordering only),
-    its status; `close` ends it (the client goes away, the engine aborts it)."""
-
-    def __init__(self, server: Server, key: str, max_tokens: int = 3000, **extra: str) -> None:
-        self.url = f"{server.url}/v1/completions"
-        self.body = {"prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
-        self.headers = headers(key, **extra)
-        self.first = threading.Event()
-        self.first_at = float("inf")
-        self.chunks = 0  # data lines streamed so far
-        self.close = threading.Event()
-
-    def run(self) -> int:
-        with httpx.stream("POST", self.url, json=self.body, headers=self.headers, timeout=300) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    self.chunks += 1
-                if line.startswith("data: ") and not self.first.is_set():
-                    self.first_at = time.monotonic()
-                    self.first.set()
-                if self.close.is_set():
-                    break
-            return r.status_code
+def Stream(server: Server, key: str, max_tokens: int = 3000, **extra: str) -> HeldStream:  # noqa: N802
+    return HeldStream(server.url, headers(key, **extra), max_tokens)
 
 
 def hold_engine(server: Server,
-                pool: concurrent.futures.ThreadPoolExecutor) -> tuple[Stream, concurrent.futures.Future[int]]:
+                pool: concurrent.futures.ThreadPoolExecutor) -> tuple[HeldStream, concurrent.futures.Future[int]]:
     """A long stream in the engine's only place, streaming already."""
     assert wait_until(lambda: idle(server), 120)
     blocker = Stream(server, KEY_BLOCK)

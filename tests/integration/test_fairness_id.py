@@ -12,16 +12,14 @@ races the host's speed."""
 from __future__ import annotations
 
 import concurrent.futures
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from harness.held_stream import HeldStream
 from harness.server import Server, running_server, wait_until
 
-PROMPT = "The capital of France is"
 FAIRNESS = "x-gateway-inference-fairness-id"
 
 
@@ -40,29 +38,11 @@ def health(server: Server) -> dict:
     return httpx.get(f"{server.url}/healthz", timeout=10).json()
 
 
-class Stream:
-    """One streamed completion; `first_at`: when its first token came (for ordering only)."""
-
-    def __init__(self, server: Server, tenant: str | None, max_tokens: int) -> None:
-        self.url = f"{server.url}/v1/completions"
-        self.body = {"prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
-        self.headers = {} if tenant is None else {FAIRNESS: tenant}
-        self.first = threading.Event()
-        self.first_at = float("inf")
-        self.close = threading.Event()
-
-    def run(self) -> int:
-        with httpx.stream("POST", self.url, json=self.body, headers=self.headers, timeout=300) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: ") and not self.first.is_set():
-                    self.first_at = time.monotonic()
-                    self.first.set()
-                if self.close.is_set():
-                    break
-            return r.status_code
+def Stream(server: Server, tenant: str | None, max_tokens: int) -> HeldStream:  # noqa: N802
+    return HeldStream(server.url, {} if tenant is None else {FAIRNESS: tenant}, max_tokens)
 
 
-def first_of_two(server: Server, header: bool) -> tuple[Stream, Stream]:
+def first_of_two(server: Server, header: bool) -> tuple[HeldStream, HeldStream]:
     """A holds both places and has an older request waiting; B's request arrives later.
     One of A's places is freed: (A's waiting request, B's), both finished."""
     a, b = ("tenant-a", "tenant-b") if header else (None, None)
