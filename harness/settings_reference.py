@@ -33,6 +33,7 @@ DESCRIPTIONS: dict[str, str] = {
     'VLLM_ATTENTION_BACKEND': "passed as vLLM's `--attention-backend` (vLLM 0.32 no longer reads this variable). `AUTO` lets vLLM choose: on a T4 (compute capability 7.5) it picks `TRITON_ATTN`, since FlashAttention needs 8.0. The old value `SDPA` is accepted with a warning and treated as `AUTO` (vLLM 0.32 has no SDPA decoder backend)",
     'SWAP_SPACE': "accepted for compatibility, ignored with a warning: vLLM 0.32's engine has no CPU swap space",
     'ENFORCE_EAGER': 'disable torch.compile / CUDA graphs (CPU: saves about a minute of startup) (unset: `true` on CPU, `false` on GPU)',
+    'PRIORITY_HEADROOM': "sequences beyond `MAX_NUM_SEQS` in vLLM's batch that an engine step may start only for a request that outranks a running one (a higher class, or a key holding fewer sequences): it starts at the next step instead of after the next completion, and the rest wait until the batch is back under `MAX_NUM_SEQS` (docs/tenants.md) (unset: a quarter of `MAX_NUM_SEQS`; `0`: none)",
     'PRIORITY_FIRST_STEP_ALONE': 'the engine step that starts a request runs without the running sequences of lower priority classes, once per request, never two steps in a row (docs/tenants.md) (unset: `true` on CPU, `false` on GPU)',
     'VLLM_CACHE_DIR': "converted bundled model and vLLM's caches",
     'HF_HOME': 'Hugging Face cache, where downloaded weights go (unset: Hugging Face default)',

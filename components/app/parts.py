@@ -15,12 +15,14 @@ from components.edge.ledger import ledger_for
 from components.edge.ratelimit import RateLimiter
 from components.edge.response_store import store_for, store_uri
 from components.edge.tracing import Tracing
-from components.serving.admission import Admission, per_key_shares
+from components.serving.admission import Admission
 from components.serving.breaker import CircuitBreaker, State
+from components.serving.grants import per_key_shares
 from components.serving.lifecycle import Aborter, Gate
 from components.serving.objectives import Objectives
 from components.serving.ranking import ClassRanking
 from components.storage.backend import Storages
+from components.vllm_adapter.engine_spec import engine_headroom
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class Parts:
             slots, limits.max_queue_size, max_wait_s=limits.queue_timeout_s,
             running_per_key=running_share, queued_per_key=queued_share, on_change=self._queue_changed,
             ranking=ClassRanking.from_settings(limits, batch), batch_size=batch, on_deadline=self._deadline_missed,
+            headroom=engine_headroom(settings.engine),
         )
 
     def _breaker_changed(self, state: State) -> None:

@@ -24,6 +24,10 @@ CLASS_STEP = STANDARD - INTERACTIVE
 # The key of SamplingParams.extra_args under which the service gives each engine request its
 # class as admitted; a client's own value under it is always replaced (vllm_hooks.py).
 CLASS_ARG = "service_priority_class"
+# The entries of vLLM's `--additional-config` that the engine's scheduler reads: the headroom
+# beyond MAX_NUM_SEQS for requests that outrank a running one, and the first-step rule.
+HEADROOM_CONFIG = "service_headroom"
+FIRST_STEP_CONFIG = "service_first_step_alone"
 
 # vLLM carries a priority as a 64-bit integer: each term of engine_priority() is bounded.
 _MOST_STEPS = 10_000

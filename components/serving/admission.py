@@ -32,6 +32,7 @@ from components.core.errors import InvalidRequest, Overloaded, RateLimited, Unav
 from components.core.priority import STANDARD
 from components.serving import deadlines
 from components.serving.deadlines import ServiceRate, retry_after
+from components.serving.forecast import Forecast
 from components.serving.grants import EngineOrder, Slot
 from components.serving.ranking import Choice, ClassRanking, Ranking, Running, Waiting, earlier_deadline
 
@@ -49,7 +50,7 @@ class _Waiter:
         return self.waiting.key
 
 
-__all__ = ["Admission", "Slot", "per_key_shares"]
+__all__ = ["Admission", "Slot"]
 
 
 class Admission:
@@ -66,18 +67,21 @@ class Admission:
         batch_size: int | None = None,
         rate: ServiceRate | None = None,
         on_deadline: Callable[[str], None] | None = None,
+        headroom: int = 0,
     ) -> None:
         """`batch_size`: the engine's batch (MAX_NUM_SEQS; unset: `capacity`), the rest of
-        `capacity` waits in vLLM's queue. `on_deadline`: told "arrival" or "queued" per
+        `capacity` waits in vLLM's queue; `headroom`: the engine's places beyond it for
+        requests that outrank a running one (PRIORITY_HEADROOM). `on_deadline`: told "arrival" or "queued" per
         deadline refusal, "granted_late" per grant past a deadline (never)."""
         self.capacity = capacity
         self.batch_size = min(batch_size or capacity, capacity)
-        self.rate = rate or ServiceRate()
         self._on_deadline = on_deadline or (lambda when: None)
         self.ranking: Ranking = ranking or ClassRanking(batch_seqs=capacity, key_yield_s=max_wait_s)
         self._clock = clock
         # The ranking reads times as seconds since this moment (small numbers for vLLM's).
         self._epoch = clock()
+        self.forecast = Forecast(self.batch_size, rate, self._epoch, headroom)
+        self.rate = self.forecast.rate
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
         # A share above capacity would let a request wait for room that never comes.
@@ -121,7 +125,7 @@ class Admission:
         return self._clock() - self._epoch
 
     def _changed(self) -> None:
-        self.rate.observe(self._now(), self.running, self.batch_size)
+        self.forecast.observe(self._now(), self.running)
         # Beyond the batch, sequences wait in vLLM's queue: they count as waiting.
         beyond = max(0, self.running - self.batch_size)
         self._on_change(self.running - beyond, len(self._queue) + beyond)
@@ -156,7 +160,7 @@ class Admission:
             self._refuse_beyond_the_bounds(waiter, sheddable)
         self._changed()
         if waiter.future.done():
-            return Slot(self, waiter.future.result())
+            return self._slot(waiter.future.result())
         wait_s = self.max_wait_s
         if waiter.waiting.deadline is not None:
             wait_s = min(wait_s, max(0.0, waiter.waiting.deadline - self._now()))
@@ -166,7 +170,7 @@ class Admission:
         except BaseException as exc:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 # Granted in the meantime, but nobody will use it: give it back.
-                Slot(self, waiter.future.result()).release()
+                self._slot(waiter.future.result()).release()
             elif waiter in self._queue:
                 self._queue.remove(waiter)
                 self._dequeued(waiter)
@@ -181,7 +185,12 @@ class Admission:
                     headers={"retry-after": "1"},
                 ) from None
             raise
-        return Slot(self, choice)
+        return self._slot(choice)
+
+    def _slot(self, choice: Choice) -> Slot:
+        slot = Slot(self, choice, self._now())
+        self.forecast.started(slot)
+        return slot
 
     def _refuse_beyond_the_bounds(self, waiter: _Waiter, sheddable: bool = False) -> None:
         """A request that did not start may wait only within the queue's bounds (sheddable: none)."""
@@ -211,9 +220,10 @@ class Admission:
         return self.running + cost <= self.capacity and self.running_for(waiter.key) + cost <= waiter.share
 
     def _predicted_start(self, waiter: _Waiter, now: float) -> float | None:
-        """When `waiter` would enter the engine's batch at the rate measured; None: unknown."""
-        return deadlines.predict(waiter.waiting, [w.waiting for w in self._queue], self._running_by_key,
-                                 self.running, self.batch_size, self.rate.rate(now), now, self._running_by_class)
+        """When `waiter` would enter the engine's batch (forecast.py); None: unknown."""
+        rank = self.ranking.engine_rank(waiter.waiting, Running(self._running_by_key, self._running_by_class), now)
+        return self.forecast.start(waiter.waiting, [w.waiting for w in self._queue], self._running_by_key,
+                                   self.running, self._running_by_class, now, rank)
 
     def _refuse_if_late(self, waiter: _Waiter, now: float) -> None:
         """Refused at arrival rather than after waiting for nothing; without an estimate, never."""
@@ -239,8 +249,9 @@ class Admission:
             if not waiter.future.done():
                 waiter.future.set_exception(self._late(waiter, now, "queued"))
 
-    def _release(self, key: str, cost: int, klass: int) -> None:
-        self.rate.completed(self._now(), cost, self.running, self.batch_size)
+    def _release(self, slot: Slot) -> None:
+        key, cost, klass = slot.key, slot.cost, slot.klass
+        self.forecast.ended(slot, self._now(), self.running)
         self.running -= cost
         _decrement(self._running_by_class, klass, cost)
         _decrement(self._running_by_key, key, cost)
@@ -281,13 +292,3 @@ def _decrement(counts: dict[K, int], key: K, by: int) -> None:
     counts[key] -= by
     if counts[key] <= 0:
         del counts[key]
-
-
-def per_key_shares(max_num_seqs: int, max_queue_size: int, max_inflight_per_key: int | None,
-                   max_queued_per_key: int | None) -> tuple[int, int]:
-    """(sequences running, requests queued) one key may hold. By default a key may use the
-    whole engine when it is alone (the fair queue serves other keys first as sequences end)
-    but only half of the queue, so that another key always finds a place."""
-    running = max_inflight_per_key or max_num_seqs
-    queued = max_queued_per_key or max(1, max_queue_size // 2)
-    return running, queued

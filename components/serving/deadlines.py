@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 
 from components.core.errors import Overloaded, RateLimited
 from components.serving.ranking import Waiting
@@ -142,11 +142,11 @@ def sequences_ahead(waiting: Waiting, queued: Iterable[Waiting], by_key: Mapping
     return sum(other.cost for other in queued if other is not waiting and ranked_before(waiting, other, by_key))
 
 
-def predict(waiting: Waiting, queued: Sequence[Waiting], by_key: Mapping[str, int], running: int, batch: int,
+def predict(waiting: Waiting, queued: Collection[Waiting], by_key: Mapping[str, int], running: int, batch: int,
             rate: float | None, now: float, running_by_class: Mapping[int, int] | None = None) -> float | None:
-    """When `waiting` would enter the batch, with `queued` in the fair queue and `running`
-    sequences in the engine (`running_by_class`: by the class each started as; None: every
-    one of them is ahead of it); None: no estimate."""
+    """When `waiting` would enter the batch at the `rate` measured, with `queued` in the fair
+    queue and `running` sequences in the engine (`running_by_class`: by the class each started
+    as; None: every one of them is ahead of it); None: no estimate."""
     engine_before = None if running_by_class is None else engine_waiting_before(waiting, running_by_class, by_key)
     sequences = must_finish(running, sequences_ahead(waiting, queued, by_key), waiting.cost, batch, engine_before)
     return predicted_start(now, sequences, rate)

@@ -132,6 +132,8 @@ class GenerationResponse(Response):
                                                    gen.priority, interrupt=interrupts.interrupt,
                                                    deadline=self.terms.deadline, sheddable=self.terms.sheddable)
                 async with ticket:
+                    # How far it gets, for the queue's prediction of when places free up.
+                    ticket.slot.track(self._delivery, requested_max_tokens(gen.body))
                     with span(ctx, "engine"):
                         result = await self.call(gen.body, self.request, self._engine_call(ticket, ctx))
                         if isinstance(result, BaseModel):
@@ -146,7 +148,7 @@ class GenerationResponse(Response):
         return EngineCall(
             cache_salt=cache_salt(ctx.policy), priority_class=ticket.slot.klass,
             engine_priority=ticket.slot.engine_priority,
-            reserve=self._reserve if self._reserving else None, delivery=self._delivery if self._reserving else None,
+            reserve=self._reserve if self._reserving else None, delivery=self._delivery,
             client_chose_max_tokens=gen.client_chose_max_tokens, grammars=gen.grammars, usage=gen.usage_shown,
             on_finished=ticket.engine_finished,
         )

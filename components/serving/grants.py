@@ -14,7 +14,7 @@ vLLM breaks ties by arrival, which is the grant order.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from components.serving.ranking import Choice
 
@@ -22,21 +22,41 @@ if TYPE_CHECKING:
     from components.serving.admission import Admission
 
 
+class Progress(Protocol):
+    """How far a started generation has got (components/vllm_adapter/delivery.py)."""
+
+    @property
+    def generated(self) -> int:
+        """Tokens generated so far, per sequence."""
+
+    @property
+    def first_token_at(self) -> float | None:
+        """When its first token came, on the fair queue's clock; None: not yet."""
+
+
 class Slot:
     """`cost` sequences running for one key; `release()` gives them back, once. `klass`:
-    the class it started as (aged); `engine_priority`: what vLLM's scheduler is to see."""
+    the class it started as (aged); `engine_priority`: what vLLM's scheduler is to see;
+    `granted_at`: when, on the fair queue's clock; `track()`: how far it has got, which the
+    fair queue reads to predict when places free up (occupancy.py)."""
 
-    def __init__(self, admission: Admission, choice: Choice) -> None:
+    def __init__(self, admission: Admission, choice: Choice, granted_at: float = 0.0) -> None:
         self._admission: Admission | None = admission
         self.key = choice.waiting.key
         self.cost = choice.waiting.cost
         self.klass = choice.klass
         self.engine_priority = choice.engine_priority
+        self.granted_at = granted_at
+        self.progress: Progress | None = None
+        self.max_tokens: int | None = None
+
+    def track(self, progress: Progress, max_tokens: int | None) -> None:
+        self.progress, self.max_tokens = progress, max_tokens
 
     def release(self) -> None:
         if self._admission is not None:
             admission, self._admission = self._admission, None
-            admission._release(self.key, self.cost, self.klass)
+            admission._release(self)
 
 
 class EngineOrder:
@@ -56,3 +76,13 @@ class EngineOrder:
         """`key` has nothing in the engine any more: its next request is ranked afresh."""
         for at in [at for at in self._floor if at[0] == key]:
             del self._floor[at]
+
+
+def per_key_shares(max_num_seqs: int, max_queue_size: int, max_inflight_per_key: int | None,
+                   max_queued_per_key: int | None) -> tuple[int, int]:
+    """(sequences running, requests queued) one key may hold. By default a key may use the
+    whole engine when it is alone (the fair queue serves other keys first as sequences end)
+    but only half of the queue, so that another key always finds a place."""
+    running = max_inflight_per_key or max_num_seqs
+    queued = max_queued_per_key or max(1, max_queue_size // 2)
+    return running, queued

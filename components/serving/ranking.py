@@ -66,6 +66,10 @@ class Ranking(Protocol):
         """Why a request of `cost` sequences at `level` could never start under this
         ranking (it would wait for nothing), else None."""
 
+    def engine_rank(self, waiting: Waiting, running: Running, now: float) -> tuple[int, int]:
+        """(the class it would start as, the priority number vLLM would see) were it started
+        now: where it would stand in vLLM's queue and its scheduler's headroom rule."""
+
     def choose(self, ready: Sequence[Waiting], running: Running, now: float) -> Choice | None:
         """The request of `ready` to start now, or None to start none of them. `ready`: each
         key's first waiting request (earliest deadline, else oldest) that fits the engine and
@@ -126,7 +130,12 @@ class ClassRanking:
         if best is None:
             return None
         _, chosen, klass = best
+        return Choice(chosen, klass, self._engine_number(chosen, running))
+
+    def engine_rank(self, waiting: Waiting, running: Running, now: float) -> tuple[int, int]:
+        return self.starts_as(waiting, running, now), self._engine_number(waiting, running)
+
+    def _engine_number(self, waiting: Waiting, running: Running) -> int:
         # n x prompts engine requests share one priority: rank it as its last one.
-        rank = running.by_key.get(chosen.key, 0) + chosen.cost - 1
-        return Choice(chosen, klass, engine_priority(int(chosen.since * 1000), chosen.level, rank,
-                                                     self._class_ms, self._rank_ms))
+        rank = running.by_key.get(waiting.key, 0) + waiting.cost - 1
+        return engine_priority(int(waiting.since * 1000), waiting.level, rank, self._class_ms, self._rank_ms)

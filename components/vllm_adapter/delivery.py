@@ -4,6 +4,7 @@ from text). Nothing here imports vLLM: the outputs are read by their public fiel
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,12 @@ class Delivery:
     prompt_tokens: dict[str, int] = field(default_factory=dict)
     choice_tokens: dict[tuple[str, int], int] = field(default_factory=dict)
     unknown: bool = False
+    first_token_at: float | None = None  # time.monotonic() of the first generated token
+
+    @property
+    def generated(self) -> int:
+        """Tokens generated so far by its longest choice: how far one sequence has got."""
+        return max(self.choice_tokens.values(), default=0)
 
     @property
     def total(self) -> int:
@@ -36,6 +43,8 @@ class Delivery:
                     tokens = len(choice.token_ids)
                     seen = self.choice_tokens.get(slot, 0)
                     self.choice_tokens[slot] = seen + tokens if delta else max(seen, tokens)
+                    if tokens and self.first_token_at is None:
+                        self.first_token_at = time.monotonic()
                 finished = finished or output.finished
                 yield output
         except (GeneratorExit, asyncio.CancelledError):

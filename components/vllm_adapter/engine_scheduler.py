@@ -1,5 +1,20 @@
-"""vLLM 0.32's scheduler (internal API, pinned) with one rule added for the priority classes:
-the step that starts a request runs without the running requests of a lower class.
+"""vLLM 0.32's scheduler (internal API, pinned) with two rules added for the priority classes
+and for tenants that differ.
+
+**Headroom** (PRIORITY_HEADROOM): vLLM's batch is MAX_NUM_SEQS plus a headroom that a step
+may fill only with a request that outranks one already running (a higher class, or a key
+that holds fewer sequences: vLLM's priority number, components/core/priority.py). Without
+it, such a request waits in vLLM's queue for the next completion, and completions come in
+clumps: requests that started together and ask for as many tokens end together, one whole
+generation apart (a quiet key beside a flood at three times capacity: 45 % of its answers
+in time, docs/benchmarks/goodput.json of 2026-12-07). With it the request starts at the
+next step, and the rest of the queue waits until the batch is back under MAX_NUM_SEQS. vLLM
+itself only preempts for a lack of KV cache, never for a place in the batch; preempting a
+running request would throw its decode away, while the headroom costs one step's time for
+a few more sequences.
+
+**First step alone** (PRIORITY_FIRST_STEP_ALONE): the step that starts a request runs
+without the running requests of a lower class.
 
 Why: an engine step costs more the more sequences it carries, and on CPUs much more
 (measured on 2 cores, `docs/benchmarks.md`: a 37-token prefill alone 26 ms, beside six batch
@@ -29,7 +44,7 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from components.core.priority import CLASS_ARG
+from components.core.priority import CLASS_ARG, FIRST_STEP_CONFIG, HEADROOM_CONFIG
 
 _STARTED = "_service_class_step_done"
 
@@ -46,14 +61,47 @@ def class_first_scheduler(*, vllm_config: Any, **kwargs: Any) -> Scheduler:
     asynchronous variant where vLLM schedules asynchronously (its default on GPUs), which
     it decides only once the config is complete."""
     cls = ClassFirstAsyncScheduler if vllm_config.scheduler_config.async_scheduling else ClassFirstScheduler
-    return cls(vllm_config=vllm_config, **kwargs)
+    scheduler = cls(vllm_config=vllm_config, **kwargs)
+    extra = vllm_config.additional_config if isinstance(vllm_config.additional_config, dict) else {}
+    scheduler.headroom = max(0, int(extra.get(HEADROOM_CONFIG, 0)))
+    scheduler.first_step_alone = bool(extra.get(FIRST_STEP_CONFIG, True))
+    return scheduler
 
 
 class ClassFirstScheduler(Scheduler):
     _held_last_step = False
+    headroom = 0  # class_first_scheduler sets both from vLLM's --additional-config
+    first_step_alone = True
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        plan = self._plan_for_this_step()
+        limit = self.max_num_active_reqs
+        if self.headroom:
+            self.max_num_active_reqs = self._limit_for_this_step(limit)
+        try:
+            return self._schedule_classes(*args, **kwargs)
+        finally:
+            self.max_num_active_reqs = limit
+
+    def _limit_for_this_step(self, limit: int) -> int:
+        """vLLM's batch (--max-num-seqs) is MAX_NUM_SEQS plus the headroom. A step fills up
+        to MAX_NUM_SEQS as vLLM would; beyond it, it starts only the waiting requests at the
+        front of vLLM's queue that outrank the last of the running ones (by class, then
+        vLLM's priority number, which puts a key holding fewer sequences first,
+        components/core/priority.py, then arrival), and stops at the first that does not."""
+        base = max(1, limit - self.headroom)
+        active = len(self.running) + self.num_waiting_for_streaming_input
+        if self.policy != SchedulingPolicy.PRIORITY or not self.running or active + 1 <= base:
+            return base
+        last = max(_rank(request) for request in self.running)
+        leading = 0
+        for request in self.waiting:  # in vLLM's order
+            if request_class(request) is None or not _rank(request) < last or active + leading >= limit:
+                break
+            leading += 1
+        return max(base, active + leading)
+
+    def _schedule_classes(self, *args: Any, **kwargs: Any) -> Any:
+        plan = self._plan_for_this_step() if self.first_step_alone else None
         if plan is None:
             return super().schedule(*args, **kwargs)
         klass, held = plan
@@ -94,6 +142,11 @@ class ClassFirstScheduler(Scheduler):
         held = [request for request in self.running if (other := request_class(request)) is not None and other > klass]
         self._held_last_step = bool(held)
         return (klass, held) if held else None
+
+
+def _rank(request: Request) -> tuple[int, int, float]:
+    klass = request_class(request)
+    return (klass if klass is not None else -1, request.priority, request.arrival_time)
 
 
 class ClassFirstAsyncScheduler(ClassFirstScheduler, AsyncScheduler):

@@ -3,12 +3,14 @@ from the settings and the host, before (and without) any vLLM import."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from components.core.host import host_cpu_flags
+from components.core.priority import FIRST_STEP_CONFIG, HEADROOM_CONFIG
 from components.core.settings import DEFAULT_GPU_MODEL, EngineSettings
 from components.vllm_adapter import bundled_model
 
@@ -46,6 +48,21 @@ class EngineSpec:
     # What vLLM reads from the environment rather than from its arguments.
     engine_env: dict[str, str] = field(default_factory=dict)
     threads_reason: str = ""
+    # vLLM's batch beyond MAX_NUM_SEQS for requests that outrank a running one (engine_scheduler).
+    headroom: int = 0
+
+    @property
+    def stock_args(self) -> list[str]:
+        """The arguments raw `vllm serve` gets to compare with (benchmarks): vLLM's own
+        scheduler and a batch of MAX_NUM_SEQS, without the headroom."""
+        args = list(self.cli_args)
+        for flag in ("--scheduler-cls", "--additional-config"):
+            if flag in args:
+                at = args.index(flag)
+                del args[at:at + 2]
+        at = args.index("--max-num-seqs") + 1
+        args[at] = str(int(args[at]) - self.headroom)
+        return args
 
     def describe(self) -> dict[str, Any]:
         """What /debug/runtime shows of the choices."""
@@ -146,11 +163,12 @@ def resolve_spec(
                       "TORCHDYNAMO_SUPPRESS_ERRORS": "1"}
         threads_reason = f"{cores - reserved} compute thread(s), {reserved} core(s) reserved: {threads_reason}"
 
+    headroom = engine_headroom(settings)
     args = [
         "--model", model,
         "--served-model-name", served,
         "--max-model-len", str(settings.max_model_len),
-        "--max-num-seqs", str(settings.max_num_seqs),
+        "--max-num-seqs", str(settings.max_num_seqs + headroom),
         "--dtype", dtype,
         # The engine's own time to first token in non-streaming responses (`metrics`).
         "--enable-per-request-metrics",
@@ -159,9 +177,12 @@ def resolve_spec(
         # Each request carries its key's class (keys file); all equal, this is FIFO.
         "--scheduling-policy", "priority",
     ]
-    if settings.first_step_alone if settings.first_step_alone is not None else not on_gpu:
-        # vLLM's scheduler, plus: a request's first step runs without lower classes.
-        args += ["--scheduler-cls", SCHEDULER_CLS]
+    first_step_alone = settings.first_step_alone if settings.first_step_alone is not None else not on_gpu
+    if first_step_alone or headroom:
+        # vLLM's scheduler, plus: the headroom for requests that outrank a running one; on a
+        # CPU, a request's first step runs without lower classes.
+        args += ["--scheduler-cls", SCHEDULER_CLS, "--additional-config",
+                 json.dumps({HEADROOM_CONFIG: headroom, FIRST_STEP_CONFIG: first_step_alone})]
     if on_gpu:
         args += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
     if quantization:
@@ -184,7 +205,13 @@ def resolve_spec(
         # core drains in-flight requests instead of aborting them. A little longer than our
         # own drain, so that our timeout, with its clear error to clients, fires first.
         args += ["--shutdown-timeout", str(int(drain_seconds) + 5)]
-    return EngineSpec(model, served, reason, on_gpu, parser, args, dtype_reason, engine_env, threads_reason)
+    return EngineSpec(model, served, reason, on_gpu, parser, args, dtype_reason, engine_env, threads_reason, headroom)
+
+
+def engine_headroom(settings: EngineSettings) -> int:
+    """Sequences beyond MAX_NUM_SEQS for requests that outrank a running one (PRIORITY_HEADROOM;
+    unset: a quarter of MAX_NUM_SEQS)."""
+    return settings.headroom if settings.headroom is not None else settings.max_num_seqs // 4
 
 
 def compile_key_parts(spec: EngineSpec) -> dict[str, Any]:

@@ -137,12 +137,14 @@ SCHEDULER_INIT = Internal(_SCHEDULER, "Scheduler.__init__", "called", ("vllm_con
 SCHEDULE = Internal(_SCHEDULER, "Scheduler.schedule", "overridden")
 SCHEDULER_STATE = tuple(Internal(_SCHEDULER, f"Scheduler.{name}", "attribute") for name in (
     "running", "waiting", "max_num_active_reqs", "num_waiting_for_streaming_input", "policy", "current_step"))
+ADDITIONAL_CONFIG = Internal("vllm.config.vllm", "VllmConfig.additional_config", "attribute")
 ASYNC_SCHEDULING = Internal("vllm.config.scheduler", "SchedulerConfig.async_scheduling", "attribute")
 PEEK_REQUEST = Internal("vllm.v1.core.sched.request_queue", "RequestQueue.peek_request", "called")
+QUEUE_ORDER = Internal("vllm.v1.core.sched.request_queue", "RequestQueue.__iter__", "called")
 PRIORITY_POLICY = Internal("vllm.v1.core.sched.request_queue", "SchedulingPolicy.PRIORITY", "attribute")
 WAITING_STATUS = Internal(_REQUEST, "RequestStatus.WAITING", "attribute")
 REQUEST_STATE = tuple(Internal(_REQUEST, f"Request.{name}", "attribute") for name in (
-    "sampling_params", "status", "num_computed_tokens", "next_decode_eligible_step"))
+    "sampling_params", "status", "num_computed_tokens", "next_decode_eligible_step", "priority", "arrival_time"))
 REQUEST_EXTENDED = Internal(_REQUEST, "Request", "extended")
 
 # The engine (engine.py): how it is built, what is read of it, its Prometheus logger.
@@ -175,7 +177,7 @@ USED: list[Internal] = [
     *GET_MAX_TOKENS, GENERATE, EXTRA_ARGS, OUTPUT_KIND, *RENDERS.values(), EXTRACT_PROMPT_LEN, MODEL_CONFIG,
     VALIDATE_GRAMMAR, XGRAMMAR_GLOBAL, INIT_APP_STATE, *STATE_NAMES, *HANDLER_CALLS,
     DISABLED_THINKING_EFFORT, MERGE_INLINE_SYSTEM, TO_CHAT, STREAM_CONVERTER, FULL_CONVERTER, COUNT_TOKENS,
-    *SCHEDULER_BASES, SCHEDULER_INIT, SCHEDULE, *SCHEDULER_STATE, ASYNC_SCHEDULING, PEEK_REQUEST, PRIORITY_POLICY,
-    WAITING_STATUS, *REQUEST_STATE, REQUEST_EXTENDED,
+    *SCHEDULER_BASES, SCHEDULER_INIT, SCHEDULE, *SCHEDULER_STATE, ADDITIONAL_CONFIG, ASYNC_SCHEDULING, PEEK_REQUEST,
+    QUEUE_ORDER, PRIORITY_POLICY, WAITING_STATUS, *REQUEST_STATE, REQUEST_EXTENDED,
     FROM_ENGINE_ARGS, ERRORED, *PIDS_PATH, *UNFINISHED_PATH, *STAT_LOGGER, FREEZE_GC_HEAP,
 ]

@@ -23,7 +23,7 @@ from components.vllm_adapter.bundled_model import ensure_converted  # noqa: E402
 from components.vllm_adapter.engine_scheduler import ClassFirstAsyncScheduler, ClassFirstScheduler, class_first_scheduler  # noqa: E402
 from components.vllm_adapter.engine_spec import SCHEDULER_CLS  # noqa: E402
 from components.core.settings import EngineSettings  # noqa: E402
-from components.core.priority import CLASS_ARG  # noqa: E402
+from components.core.priority import CLASS_ARG, FIRST_STEP_CONFIG, HEADROOM_CONFIG  # noqa: E402
 
 BLOCK = 16
 MAX_SEQS = 8
@@ -193,3 +193,40 @@ def test_the_held_step_starts_no_lower_class_request(vllm_config: VllmConfig) ->
     scheduler.add_request(request("interactive", 0, 1))
     assert step(scheduler) == {"interactive": 20}
     assert set(step(scheduler)) == {"batch-0", "batch-1", "batch-2", "batch-new", "interactive"}
+
+
+def with_headroom(config: VllmConfig, headroom: int, first_step_alone: bool = False) -> Scheduler:
+    """The scheduler as vLLM builds it from the service's arguments: a batch of MAX_SEQS plus
+    the headroom (--max-num-seqs), the headroom in --additional-config."""
+    config.scheduler_config.max_num_seqs = MAX_SEQS + headroom
+    config.additional_config = {HEADROOM_CONFIG: headroom, FIRST_STEP_CONFIG: first_step_alone}
+    return class_first_scheduler(**parts(config))
+
+
+@pytest.mark.parametrize("headroom", [0, 2])
+def test_only_a_request_that_outranks_a_running_one_starts_in_the_headroom(vllm_config: VllmConfig,
+                                                                          headroom: int) -> None:
+    scheduler = with_headroom(vllm_config, headroom)
+    start(scheduler, "flood", 5, MAX_SEQS, 100_000)  # one key fills the batch
+    scheduler.add_request(request("flood-more", 5, 100_000 + MAX_SEQS))  # its own next: never outranks
+    assert "flood-more" not in step(scheduler)
+    scheduler.add_request(request("quiet", 5, 1_000))  # a key holding nothing: a lower number
+    scheduler.add_request(request("interactive", 0, 50_000))  # a higher class
+    started = set(step(scheduler)) | set(step(scheduler))
+    # With headroom both start at once; without, both wait for a completion like the rest.
+    assert {"quiet", "interactive"} <= started if headroom else not {"quiet", "interactive"} & started
+    assert "flood-more" not in started
+    assert len(scheduler.running) == MAX_SEQS + headroom
+
+
+def test_the_headroom_follows_vllms_queue_order(vllm_config: VllmConfig) -> None:
+    """vLLM starts waiting requests in its queue's order (the priority number): an outranking
+    request behind one that does not outrank waits with it, and a step never lets the one
+    in front into the headroom."""
+    scheduler = with_headroom(vllm_config, 2)
+    start(scheduler, "flood", 5, MAX_SEQS, 100_000)
+    scheduler.add_request(request("flood-more", 5, 100_000 + MAX_SEQS))
+    scheduler.add_request(request("interactive", 0, 500_000))  # a higher class, a higher number
+    assert not {"flood-more", "interactive"} & (set(step(scheduler)) | set(step(scheduler)))
+    scheduler.add_request(request("quiet", 5, 1_000))
+    assert "quiet" in step(scheduler) and len(scheduler.running) == MAX_SEQS + 1

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from components.vllm_adapter import bundled_model
 from components.vllm_adapter.engine_spec import default_tool_parser, resolve_spec
 from components.api.openai_app import build_aliases
+from components.core.priority import FIRST_STEP_CONFIG, HEADROOM_CONFIG
 from components.core.settings import DEFAULT_GPU_MODEL, EngineSettings
 
 
@@ -38,7 +41,10 @@ def test_model_path_wins_and_settings_reach_the_args() -> None:
     args = spec.cli_args
     assert spec.model == "/models/x" and spec.served_name == "/models/x"
     assert args[args.index("--max-model-len") + 1] == "2048"
-    assert args[args.index("--max-num-seqs") + 1] == "4"
+    # vLLM's batch is MAX_NUM_SEQS plus the headroom (a quarter); raw vLLM compared gets MAX_NUM_SEQS.
+    assert args[args.index("--max-num-seqs") + 1] == "5"
+    assert spec.stock_args[spec.stock_args.index("--max-num-seqs") + 1] == "4"
+    assert "--scheduler-cls" not in spec.stock_args and "--additional-config" not in spec.stock_args
     assert args[args.index("--attention-backend") + 1] == "TRITON_ATTN"
 
 
@@ -48,8 +54,21 @@ def test_model_path_wins_and_settings_reach_the_args() -> None:
 def test_the_first_step_rule_is_on_for_cpus_by_default(env: dict[str, str], gpus: int, on: bool) -> None:
     args = resolve_spec(engine_settings(**env), gpu_count=gpus).cli_args
     assert args[args.index("--scheduling-policy") + 1] == "priority"
-    assert (args[args.index("--scheduler-cls") + 1] == "components.vllm_adapter.engine_scheduler.class_first_scheduler"
-            if on else "--scheduler-cls" not in args)
+    assert args[args.index("--scheduler-cls") + 1] == "components.vllm_adapter.engine_scheduler.class_first_scheduler"
+    assert json.loads(args[args.index("--additional-config") + 1])[FIRST_STEP_CONFIG] is on
+
+
+@pytest.mark.parametrize(("env", "headroom", "scheduler"), [({}, 8, True), ({"PRIORITY_HEADROOM": "3"}, 3, True),
+                                                            ({"PRIORITY_HEADROOM": "0"}, 0, True),
+                                                            ({"PRIORITY_HEADROOM": "0",
+                                                              "PRIORITY_FIRST_STEP_ALONE": "false"}, 0, False)])
+def test_the_headroom_widens_vllms_batch_only(env: dict[str, str], headroom: int, scheduler: bool) -> None:
+    spec = resolve_spec(engine_settings(**env), gpu_count=0)
+    args = spec.cli_args
+    assert args[args.index("--max-num-seqs") + 1] == str(32 + headroom)
+    assert ("--scheduler-cls" in args) is scheduler
+    if scheduler:
+        assert json.loads(args[args.index("--additional-config") + 1])[HEADROOM_CONFIG] == headroom
 
 
 def test_sdpa_backend_is_left_to_vllm() -> None:
