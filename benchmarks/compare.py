@@ -194,12 +194,10 @@ def main() -> None:
 
     model_dir = str(ensure_converted(EngineSettings().cache_dir))  # type: ignore[call-arg]
     spec = resolve_spec(EngineSettings(), gpu_count=0, drain_seconds=30)  # type: ignore[call-arg]
-    # Raw vLLM gets the same engine arguments except our scheduler (components/vllm_adapter/engine_scheduler.py):
-    # its own stock one. (Without priority classes ours schedules the same; this keeps "raw" raw.)
-    raw_args = list(spec.cli_args)
-    if "--scheduler-cls" in raw_args:
-        at = raw_args.index("--scheduler-cls")
-        del raw_args[at:at + 2]
+    # Raw vLLM gets the same engine arguments except our scheduler (components/vllm_adapter/engine_scheduler.py)
+    # and its headroom: its own stock one, a batch of MAX_NUM_SEQS. (Without priority classes or
+    # several keys ours schedules the same; this keeps "raw" raw.)
+    raw_args = spec.stock_args
     raw, raw_url = start_raw_vllm(raw_args, spec.engine_env, logs / "vllm.log")
     # Queue like raw vLLM (which waits without bound): a slow host at concurrency 64 waits
     # longer than the default QUEUE_TIMEOUT_SECONDS, and refusals are not what this measures.

@@ -255,10 +255,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="goodput-"))
     tokenizer = str(ensure_converted(EngineSettings().cache_dir))  # type: ignore[call-arg]
     spec = resolve_spec(EngineSettings(), gpu_count=0, drain_seconds=30)  # type: ignore[call-arg]
-    raw_args = list(spec.cli_args)
-    if "--scheduler-cls" in raw_args:  # raw vLLM runs its own stock scheduler
-        at = raw_args.index("--scheduler-cls")
-        del raw_args[at:at + 2]
+    raw_args = spec.stock_args  # raw vLLM: its own stock scheduler, a batch of MAX_NUM_SEQS
     engine_env = {**spec.engine_env, "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB}
     started: list[Any] = []
     try:

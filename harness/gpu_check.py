@@ -125,7 +125,7 @@ def measure(spec_env: dict[str, str], logs: Path, levels: list[int], compare_lev
         drive("service", service.url, levels)
     finally:
         service.stop()
-    raw, raw_url = start_raw_vllm(list(spec.cli_args), spec.engine_env, logs / "vllm.log")
+    raw, raw_url = start_raw_vllm(spec.stock_args, spec.engine_env, logs / "vllm.log")
     try:
         drive("vllm", raw_url, compare_levels)
     finally:

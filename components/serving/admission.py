@@ -221,7 +221,9 @@ class Admission:
 
     def _predicted_start(self, waiter: _Waiter, now: float) -> float | None:
         """When `waiter` would enter the engine's batch (forecast.py); None: unknown."""
-        rank = self.ranking.engine_rank(waiter.waiting, Running(self._running_by_key, self._running_by_class), now)
+        klass, number = self.ranking.engine_rank(waiter.waiting, Running(self._running_by_key,
+                                                                          self._running_by_class), now)
+        rank = (klass, self._engine_order.number(waiter.key, klass, number))
         return self.forecast.start(waiter.waiting, [w.waiting for w in self._queue], self._running_by_key,
                                    self.running, self._running_by_class, now, rank)
 

@@ -72,6 +72,10 @@ class EngineOrder:
         self._floor[at] = priority
         return choice if priority == choice.engine_priority else replace(choice, engine_priority=priority)
 
+    def number(self, key: str, klass: int, priority: int) -> int:
+        """The number a request of `key` and `klass` ranked at `priority` would get now."""
+        return max(priority, self._floor.get((key, klass), priority))
+
     def idle(self, key: str) -> None:
         """`key` has nothing in the engine any more: its next request is ranked afresh."""
         for at in [at for at in self._floor if at[0] == key]:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from components.core.priority import INTERACTIVE, STANDARD
 from components.serving.admission import Admission
 from components.serving.occupancy import Held, Occupancy
-from components.serving.ranking import Waiting
+from components.serving.ranking import Running, Waiting
 
 TOKEN_S = 0.1
 
@@ -133,5 +133,36 @@ def test_the_fair_queue_learns_from_what_its_started_requests_made() -> None:
             await admission.acquire("k", deadline=now[0] + 1.5)
         assert admission.forecast.start(Waiting("k", 1, STANDARD, now[0]), [], {"k": 4}, 4, {STANDARD: 4},
                                         now[0], (STANDARD, 10**9)) == pytest.approx(now[0] + 1.0)
+
+    asyncio.run(scenario())
+
+
+def test_a_keys_next_request_counts_all_its_own_in_vllms_queue() -> None:
+    """vLLM's queue holds a key's requests in grant order (grants.EngineOrder raises each
+    number to the key's last): its next request waits behind every one of them, also when
+    the key now holds fewer sequences than when they were granted (a lower raw number)."""
+    async def scenario() -> None:
+        now = [0.0]
+        admission = Admission(8, 10, 30.0, clock=lambda: now[0], batch_size=4)
+        for _ in range(2):  # learn: generations of 11 tokens, 0.1 s per token
+            slots = [await admission.acquire("k") for _ in range(4)]
+            for slot in slots:
+                slot.track(Made(11, now[0]), 11)
+            now[0] += 1.0
+            for slot in slots:
+                slot.release()
+        slots = [await admission.acquire("k") for _ in range(8)]  # 4 in the batch, 4 in vLLM's queue
+        for n, slot in enumerate(slots):
+            slot.track(Made(1 if n < 4 else 0, now[0] if n < 4 else None), 11)
+        for slot in slots[:2]:  # two end after 11 tokens; two of vLLM's queue take their places
+            slot.track(Made(11, now[0] - 1.0), 11)
+            slot.release()
+        klass, raw = admission.ranking.engine_rank(Waiting("k", 1, STANDARD, now[0]),
+                                                   Running({"k": 6}, {STANDARD: 6}), now[0])
+        assert raw < slots[-1].engine_priority  # the key holds fewer now than at the last grant
+        waiter = type("W", (), {"waiting": Waiting("k", 1, STANDARD, now[0]), "key": "k"})()
+        # Behind both queued ones: the first free place (1.0 s) and the next after it, 1.1 s
+        # (a pending sequence holds its place for a whole generation of 11 tokens).
+        assert admission._predicted_start(waiter, now[0]) == pytest.approx(now[0] + 1.1)
 
     asyncio.run(scenario())
