@@ -47,6 +47,7 @@ from vllm.v1.request import Request, RequestStatus
 from components.core.priority import CLASS_ARG, FIRST_STEP_CONFIG, HEADROOM_CONFIG
 
 _STARTED = "_service_class_step_done"
+_HEADROOM = "_service_in_headroom"  # started beyond MAX_NUM_SEQS: holds a headroom place
 
 
 def request_class(request: Request) -> int | None:
@@ -74,31 +75,47 @@ class ClassFirstScheduler(Scheduler):
     first_step_alone = True
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.headroom:
+            return self._schedule_classes(*args, **kwargs)
         limit = self.max_num_active_reqs
-        if self.headroom:
-            self.max_num_active_reqs = self._limit_for_this_step(limit)
+        before = {id(request) for request in self.running}
+        self.max_num_active_reqs = self._limit_for_this_step(limit)
         try:
             return self._schedule_classes(*args, **kwargs)
         finally:
             self.max_num_active_reqs = limit
+            self._mark_headroom([request for request in self.running if id(request) not in before], limit)
 
     def _limit_for_this_step(self, limit: int) -> int:
-        """vLLM's batch (--max-num-seqs) is MAX_NUM_SEQS plus the headroom. A step fills up
-        to MAX_NUM_SEQS as vLLM would; beyond it, it starts only the waiting requests at the
-        front of vLLM's queue that outrank the last of the running ones (by class, then
-        vLLM's priority number, which puts a key holding fewer sequences first,
-        components/core/priority.py, then arrival), and stops at the first that does not."""
+        """vLLM's batch (--max-num-seqs) is MAX_NUM_SEQS plus the headroom. The requests
+        started in the headroom are counted apart: the others fill up to MAX_NUM_SEQS as
+        vLLM would; beyond that a step starts only the waiting requests at the front of
+        vLLM's queue that outrank the last of the running ones (by class, then vLLM's
+        priority number, which puts a key holding fewer sequences first,
+        components/core/priority.py, then arrival), and stops at the first that does not.
+        So the headroom never delays the others: it is room added for those that outrank."""
         base = max(1, limit - self.headroom)
         active = len(self.running) + self.num_waiting_for_streaming_input
-        if self.policy != SchedulingPolicy.PRIORITY or not self.running or active + 1 <= base:
-            return base
+        in_headroom = sum(1 for request in self.running if getattr(request, _HEADROOM, False))
+        allowed = min(limit, base + in_headroom)
+        if self.policy != SchedulingPolicy.PRIORITY or not self.running or active < allowed:
+            return allowed
         last = max(_rank(request) for request in self.running)
         leading = 0
         for request in self.waiting:  # in vLLM's order
             if request_class(request) is None or not _rank(request) < last or active + leading >= limit:
                 break
             leading += 1
-        return max(base, active + leading)
+        return max(allowed, active + leading)
+
+    def _mark_headroom(self, started: list[Request], limit: int) -> None:
+        """The requests this step started beyond MAX_NUM_SEQS (the last ones it started) hold
+        headroom places until they end."""
+        base = max(1, limit - self.headroom)
+        in_headroom = sum(1 for request in self.running if getattr(request, _HEADROOM, False))
+        excess = len(self.running) - in_headroom - base
+        for request in started[max(0, len(started) - excess):] if excess > 0 else ():
+            setattr(request, _HEADROOM, True)
 
     def _schedule_classes(self, *args: Any, **kwargs: Any) -> Any:
         plan = self._plan_for_this_step() if self.first_step_alone else None

@@ -16,7 +16,7 @@ from vllm.sampling_params import SamplingParams  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec  # noqa: E402
 from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
-from vllm.v1.request import Request  # noqa: E402
+from vllm.v1.request import Request, RequestStatus  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
 from components.vllm_adapter.bundled_model import ensure_converted  # noqa: E402
@@ -230,3 +230,16 @@ def test_the_headroom_follows_vllms_queue_order(vllm_config: VllmConfig) -> None
     assert not {"flood-more", "interactive"} & (set(step(scheduler)) | set(step(scheduler)))
     scheduler.add_request(request("quiet", 5, 1_000))
     assert "quiet" in step(scheduler) and len(scheduler.running) == MAX_SEQS + 1
+
+
+def test_a_request_in_the_headroom_delays_nobody(vllm_config: VllmConfig) -> None:
+    """The headroom is room added, counted apart: once a running request of the flood ends,
+    the flood's next starts although the quiet key's request still runs beyond MAX_SEQS."""
+    scheduler = with_headroom(vllm_config, 2)
+    start(scheduler, "flood", 5, MAX_SEQS, 100_000)
+    scheduler.add_request(request("flood-more", 5, 100_000 + MAX_SEQS))
+    scheduler.add_request(request("quiet", 5, 1_000))
+    assert "quiet" in step(scheduler) and len(scheduler.running) == MAX_SEQS + 1
+    scheduler.finish_requests("flood-0", RequestStatus.FINISHED_ABORTED)
+    assert "flood-more" in step(scheduler)
+    assert len(scheduler.running) == MAX_SEQS + 1

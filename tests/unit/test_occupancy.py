@@ -166,3 +166,13 @@ def test_a_keys_next_request_counts_all_its_own_in_vllms_queue() -> None:
         assert admission._predicted_start(waiter, now[0]) == pytest.approx(now[0] + 1.1)
 
     asyncio.run(scenario())
+
+
+def test_places_in_the_headroom_free_up_only_for_those_that_outrank() -> None:
+    """Four quiet sequences run in the headroom beside a full batch of the flood's: they end
+    first, but their places are for the quiet key, not for the flood's next request."""
+    occupancy = learned(64)
+    flood = [Held(2, 64, 0.0, STANDARD, 1000 + n) for n in range(32)]
+    quiet = [Held(60, 64, 1.0, STANDARD, 10 + n) for n in range(4)]
+    assert occupancy.start_in(flood + quiet, 32, (STANDARD, 5000), 0, 1, headroom=4) == pytest.approx(62 * TOKEN_S)
+    assert occupancy.start_in(flood + quiet, 32, (STANDARD, 20), 0, 1, headroom=4) == pytest.approx(4 * TOKEN_S)
