@@ -95,8 +95,9 @@ class Occupancy:
         None: no estimate yet. The generating sequences hold places; of those that have not
         generated yet, the earliest granted take the places left and the rest wait in vLLM's
         queue. Outranking one in the batch, it may also take the `headroom`'s free places
-        (components/vllm_adapter/engine_scheduler.py); else the places that those in the
-        headroom (the best ranked beyond the batch) free are not for it."""
+        (components/vllm_adapter/engine_scheduler.py), passing those of vLLM's queue that do
+        not outrank; else the places that those in the headroom (the best ranked beyond the
+        batch) free are not for it."""
         if not self.ready:
             return None
         generating = [h for h in held if h.generated > 0]
@@ -107,13 +108,16 @@ class Occupancy:
         beyond = max(0, len(placed) - batch)  # in the headroom: the best ranked ones
         def ends(sequences: list[Held]) -> list[float]:
             return [self.remaining(h.generated, h.max_tokens) * token_s for h in sequences]
-        if any((h.klass, h.priority) > rank for h in placed):
+        last = max(((h.klass, h.priority) for h in placed), default=None)
+        if last is not None and rank < last:
+            # Beyond the batch, vLLM's queue lets it pass those that do not outrank.
             frees = ends(placed) + [0.0] * max(0, headroom - beyond)  # the free headroom: now
+            before = ahead + sum(1 for h in queued if h.priority <= rank[1] and (h.klass, h.priority) < last)
         else:  # the headroom's places free up for those that outrank, not for it
             frees = ends(sorted(placed, key=lambda h: (h.klass, h.priority))[beyond:])
+            before = ahead + sum(1 for h in queued if h.priority <= rank[1])
         frees += [0.0] * max(0, batch - len(placed))
         heapq.heapify(frees)
-        before = ahead + sum(1 for h in queued if h.priority <= rank[1])
         hold = self.remaining(0, None) * token_s
         for _ in range(before):
             heapq.heappush(frees, heapq.heappop(frees) + hold)

@@ -79,34 +79,48 @@ class ClassFirstScheduler(Scheduler):
             return self._schedule_classes(*args, **kwargs)
         limit = self.max_num_active_reqs
         before = {id(request) for request in self.running}
-        self.max_num_active_reqs = self._limit_for_this_step(limit)
+        allowed, aside = self._plan_headroom(limit)
+        if aside:
+            self.waiting.remove_requests(aside)
+        self.max_num_active_reqs = allowed
         try:
             return self._schedule_classes(*args, **kwargs)
         finally:
             self.max_num_active_reqs = limit
+            for request in aside:
+                self.waiting.add_request(request)
             self._mark_headroom([request for request in self.running if id(request) not in before], limit)
 
-    def _limit_for_this_step(self, limit: int) -> int:
-        """vLLM's batch (--max-num-seqs) is MAX_NUM_SEQS plus the headroom. The requests
-        started in the headroom are counted apart: the others fill up to MAX_NUM_SEQS as
-        vLLM would; beyond that a step starts only the waiting requests at the front of
-        vLLM's queue that outrank the last of the running ones (by class, then vLLM's
-        priority number, which puts a key holding fewer sequences first,
-        components/core/priority.py, then arrival), and stops at the first that does not.
-        So the headroom never delays the others: it is room added for those that outrank."""
+    def _plan_headroom(self, limit: int) -> tuple[int, list[Request]]:
+        """(the active requests this step may reach, the waiting ones it sets aside). vLLM's
+        batch (--max-num-seqs) is MAX_NUM_SEQS plus the headroom. The requests started in
+        the headroom are counted apart: the others fill up to MAX_NUM_SEQS as vLLM would.
+        Beyond that, a step starts only the waiting requests that outrank the last of the
+        running ones (by class, then vLLM's priority number, which puts a key holding fewer
+        sequences first, components/core/priority.py, then arrival); those of vLLM's queue
+        in front of them that do not are set aside for that step (they could not start in
+        it anyway) and put back after, in their order. So the headroom never delays the
+        others, and a higher class does not wait behind a lower one's lower number."""
         base = max(1, limit - self.headroom)
         active = len(self.running) + self.num_waiting_for_streaming_input
         in_headroom = sum(1 for request in self.running if getattr(request, _HEADROOM, False))
         allowed = min(limit, base + in_headroom)
         if self.policy != SchedulingPolicy.PRIORITY or not self.running or active < allowed:
-            return allowed
+            return allowed, []
         last = max(_rank(request) for request in self.running)
-        leading = 0
+        outranking: list[Request] = []
+        passed: list[Request] = []
         for request in self.waiting:  # in vLLM's order
-            if request_class(request) is None or not _rank(request) < last or active + leading >= limit:
+            if active + len(outranking) >= limit:
                 break
-            leading += 1
-        return max(allowed, active + leading)
+            if request_class(request) is not None and _rank(request) < last:
+                outranking.append(request)
+            else:
+                passed.append(request)
+        if not outranking:
+            return allowed, []
+        aside = [request for request in passed if request < outranking[-1]]
+        return max(allowed, active + len(outranking)), aside
 
     def _mark_headroom(self, started: list[Request], limit: int) -> None:
         """The requests this step started beyond MAX_NUM_SEQS (the last ones it started) hold

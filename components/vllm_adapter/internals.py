@@ -140,7 +140,10 @@ SCHEDULER_STATE = tuple(Internal(_SCHEDULER, f"Scheduler.{name}", "attribute") f
 ADDITIONAL_CONFIG = Internal("vllm.config.vllm", "VllmConfig.additional_config", "attribute")
 ASYNC_SCHEDULING = Internal("vllm.config.scheduler", "SchedulerConfig.async_scheduling", "attribute")
 PEEK_REQUEST = Internal("vllm.v1.core.sched.request_queue", "RequestQueue.peek_request", "called")
-QUEUE_ORDER = Internal("vllm.v1.core.sched.request_queue", "RequestQueue.__iter__", "called")
+QUEUE_ORDER = (Internal("vllm.v1.core.sched.request_queue", "RequestQueue.__iter__", "called"),
+               Internal("vllm.v1.core.sched.request_queue", "RequestQueue.remove_requests", "called", ("requests",)),
+               Internal("vllm.v1.core.sched.request_queue", "RequestQueue.add_request", "called", ("request",)),
+               Internal(_REQUEST, "Request.__lt__", "called", ("other",)))
 PRIORITY_POLICY = Internal("vllm.v1.core.sched.request_queue", "SchedulingPolicy.PRIORITY", "attribute")
 WAITING_STATUS = Internal(_REQUEST, "RequestStatus.WAITING", "attribute")
 REQUEST_STATE = tuple(Internal(_REQUEST, f"Request.{name}", "attribute") for name in (
@@ -178,6 +181,6 @@ USED: list[Internal] = [
     VALIDATE_GRAMMAR, XGRAMMAR_GLOBAL, INIT_APP_STATE, *STATE_NAMES, *HANDLER_CALLS,
     DISABLED_THINKING_EFFORT, MERGE_INLINE_SYSTEM, TO_CHAT, STREAM_CONVERTER, FULL_CONVERTER, COUNT_TOKENS,
     *SCHEDULER_BASES, SCHEDULER_INIT, SCHEDULE, *SCHEDULER_STATE, ADDITIONAL_CONFIG, ASYNC_SCHEDULING, PEEK_REQUEST,
-    QUEUE_ORDER, PRIORITY_POLICY, WAITING_STATUS, *REQUEST_STATE, REQUEST_EXTENDED,
+    *QUEUE_ORDER, PRIORITY_POLICY, WAITING_STATUS, *REQUEST_STATE, REQUEST_EXTENDED,
     FROM_ENGINE_ARGS, ERRORED, *PIDS_PATH, *UNFINISHED_PATH, *STAT_LOGGER, FREEZE_GC_HEAP,
 ]

@@ -93,8 +93,8 @@ def test_vllms_queue_and_headroom_are_read_from_the_priority_numbers() -> None:
     assert occupancy.start_in(flood, 32, quiet, 0, 1, headroom=4) == 0.0
     assert occupancy.start_in(flood, 32, quiet, 0, 1, headroom=0) == pytest.approx(62 * TOKEN_S)
     assert occupancy.start_in(flood, 32, (INTERACTIVE, 1500), 0, 1, headroom=4) == 0.0
-    # vLLM's queue orders by the number alone: one above the queued waits for them to start.
-    assert occupancy.start_in(flood, 32, (INTERACTIVE, 5000), 0, 1, headroom=4) == pytest.approx(62 * TOKEN_S)
+    # Beyond the batch it passes the queued ones that do not outrank, whatever their numbers.
+    assert occupancy.start_in(flood, 32, (INTERACTIVE, 5000), 0, 1, headroom=4) == 0.0
     # The flood's next: behind its 8 queued, no headroom (it outranks none of its own).
     assert occupancy.start_in(flood, 32, flood_next, 0, 1, headroom=4) == pytest.approx(62 * TOKEN_S)
     assert occupancy.start_in(flood, 32, flood_next, 24, 1, headroom=4) == pytest.approx(2 * 62 * TOKEN_S + 2 * TOKEN_S)
