@@ -225,7 +225,7 @@ class Admission:
                                                                           self._running_by_class), now)
         rank = (klass, self._engine_order.number(waiter.key, klass, number))
         return self.forecast.start(waiter.waiting, [w.waiting for w in self._queue], self._running_by_key,
-                                   self.running, self._running_by_class, now, rank)
+                                   self.running, self._running_by_class, now, rank, self.ranking.class_cap(klass))
 
     def _refuse_if_late(self, waiter: _Waiter, now: float) -> None:
         """Refused at arrival rather than after waiting for nothing; without an estimate, never."""

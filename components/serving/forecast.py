@@ -43,15 +43,17 @@ class Forecast:
         self.rate.observe(now, running, self.batch)
 
     def start(self, waiting: Waiting, queued: Collection[Waiting], by_key: Mapping[str, int], running: int,
-              by_class: Mapping[int, int], now: float, rank: tuple[int, int] | None = None) -> float | None:
+              by_class: Mapping[int, int], now: float, rank: tuple[int, int] | None = None,
+              cap: int | None = None) -> float | None:
         """When `waiting` would enter the batch: from what the sequences in the engine have
         left to generate once that is known (occupancy.py; `rank`: the class and vLLM
-        priority number it would get, the ranking's), else at the rate measured; None: unknown."""
+        priority number it would get, the ranking's; `cap`: its class's, the ranking's), else at
+        the rate measured; None: unknown."""
         if rank is not None and self.occupancy.ready and self._slots:
             held = [Held(slot.progress.generated if slot.progress else 0, slot.max_tokens, slot.granted_at,
                          slot.klass, slot.engine_priority) for slot in self._slots for _ in range(slot.cost)]
             start = self.occupancy.start_in(held, self.batch, rank, deadlines.sequences_ahead(waiting, queued, by_key),
-                                            waiting.cost, self.headroom)
+                                            waiting.cost, self.headroom, cap)
             if start is not None:
                 return now + start
         return deadlines.predict(waiting, queued, by_key, running, self.batch, self.rate.rate(now), now, by_class)

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 
+from components.core.priority import is_batch
+
 # Completions remembered for the length distribution, and what the per-token time needs.
 LENGTHS_KEPT = 256
 MIN_SAMPLES = 4
@@ -88,7 +90,7 @@ class Occupancy:
         return max(1.0, total / count - generated)
 
     def start_in(self, held: Iterable[Held], batch: int, rank: tuple[int, int], ahead: int, cost: int,
-                 headroom: int = 0) -> float | None:
+                 headroom: int = 0, cap: int | None = None) -> float | None:
         """Seconds until a request of `cost` sequences, of `rank` (its class and vLLM priority
         number), enters the batch behind the sequences of vLLM's queue of a lower number and
         `ahead` more of the fair queue (each then holds its place for a typical generation);
@@ -97,7 +99,8 @@ class Occupancy:
         queue. Outranking one in the batch, it may also take the `headroom`'s free places
         (components/vllm_adapter/engine_scheduler.py), passing those of vLLM's queue that do
         not outrank; else the places that those in the headroom (the best ranked beyond the
-        batch) free are not for it."""
+        batch) free are not for it. `cap`: a batch-class request also waits for its class to
+        hold fewer than that many sequences (PRIORITY_BATCH_SHARE)."""
         if not self.ready:
             return None
         generating = [h for h in held if h.generated > 0]
@@ -117,10 +120,20 @@ class Occupancy:
             frees = ends(sorted(placed, key=lambda h: (h.klass, h.priority))[beyond:])
             before = ahead + sum(1 for h in queued if h.priority <= rank[1])
         frees += [0.0] * max(0, batch - len(placed))
+        start = self._after(frees, before, cost)
+        if cap is not None:  # and its class's own places, freed only by its class
+            mine, waiting = [h for h in placed if is_batch(h.klass)], [h for h in queued if is_batch(h.klass)]
+            frees = ends(mine) + [0.0] * max(0, cap - len(mine) - len(waiting))
+            start = max(start, self._after(frees, ahead + len(waiting), cost))
+        return start
+
+    def _after(self, frees: list[float], before: int, cost: int) -> float:
+        """When `cost` places are its own, `before` sequences taking the first ones freed."""
         heapq.heapify(frees)
-        hold = self.remaining(0, None) * token_s
+        hold = self.remaining(0, None) * (self.token_s or 0.0)
         for _ in range(before):
-            heapq.heappush(frees, heapq.heappop(frees) + hold)
+            if frees:
+                heapq.heappush(frees, heapq.heappop(frees) + hold)
         start = 0.0
         for _ in range(max(1, cost)):
             start = heapq.heappop(frees) if frees else start

@@ -70,6 +70,9 @@ class Ranking(Protocol):
         """(the class it would start as, the priority number vLLM would see) were it started
         now: where it would stand in vLLM's queue and its scheduler's headroom rule."""
 
+    def class_cap(self, klass: int) -> int | None:
+        """The most sequences the requests of `klass`'s group may hold in the engine; None: no cap."""
+
     def choose(self, ready: Sequence[Waiting], running: Running, now: float) -> Choice | None:
         """The request of `ready` to start now, or None to start none of them. `ready`: each
         key's first waiting request (earliest deadline, else oldest) that fits the engine and
@@ -134,6 +137,9 @@ class ClassRanking:
 
     def engine_rank(self, waiting: Waiting, running: Running, now: float) -> tuple[int, int]:
         return self.starts_as(waiting, running, now), self._engine_number(waiting, running)
+
+    def class_cap(self, klass: int) -> int | None:
+        return self.batch_seqs if is_batch(klass) else None
 
     def _engine_number(self, waiting: Waiting, running: Running) -> int:
         # n x prompts engine requests share one priority: rank it as its last one.

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.core.priority import INTERACTIVE, STANDARD
+from components.core.priority import BATCH, INTERACTIVE, STANDARD
 from components.serving.admission import Admission
 from components.serving.occupancy import Held, Occupancy
 from components.serving.ranking import Running, Waiting
@@ -176,3 +176,15 @@ def test_places_in_the_headroom_free_up_only_for_those_that_outrank() -> None:
     quiet = [Held(60, 64, 1.0, STANDARD, 10 + n) for n in range(4)]
     assert occupancy.start_in(flood + quiet, 32, (STANDARD, 5000), 0, 1, headroom=4) == pytest.approx(62 * TOKEN_S)
     assert occupancy.start_in(flood + quiet, 32, (STANDARD, 20), 0, 1, headroom=4) == pytest.approx(4 * TOKEN_S)
+
+
+def test_a_batch_request_at_its_class_cap_waits_for_its_own_class() -> None:
+    """The batch class holds its cap (24 of 32; PRIORITY_BATCH_SHARE): a batch request waits
+    for a batch sequence to end, although an interactive one ends sooner."""
+    occupancy = learned(64)
+    batch = [Held(2, 64, 0.0, BATCH, 1000 + n) for n in range(24)]
+    interactive = [Held(60, 64, 0.0, INTERACTIVE, 10 + n) for n in range(8)]
+    rank = (BATCH, 5000)
+    assert occupancy.start_in(batch + interactive, 32, rank, 0, 1) == pytest.approx(4 * TOKEN_S)
+    assert occupancy.start_in(batch + interactive, 32, rank, 0, 1, cap=24) == pytest.approx(62 * TOKEN_S)
+    assert occupancy.start_in(batch[:20] + interactive, 32, rank, 0, 1, cap=24) == 0.0
