@@ -10,9 +10,9 @@ requests start earliest deadline first, else oldest first, and which key's goes 
 ranking's choice (components/serving/ranking.py: by default class, then the key's running
 sequences, then deadline, then age).
 
-A request with a deadline (when it must have started) is refused at once when the measured
-service rate predicts a later start (components/serving/deadlines.py); a waiting one is
-dropped when its deadline passes, never started late. A sheddable request never waits.
+A request with a deadline (when it must have started) is refused at once when it is
+predicted to start later (components/serving/forecast.py); a waiting one is dropped when its
+deadline passes, never started late. A sheddable request never waits.
 What a started request holds, and the number vLLM's queue sees for it: grants.py.
 
 A hand-written queue: asyncio.Semaphore hides its waiters, cannot refuse at a bound, and

@@ -1,5 +1,8 @@
 """When a request would start, for the fair queue (admission.py) to refuse at once a request
-that would start past its deadline instead of letting it wait for nothing.
+that would start past its deadline instead of letting it wait for nothing: the order of
+waiting, the refusal, and the engine's average service rate. The prediction itself comes
+from when each place frees up (occupancy.py, forecast.py); the rate is its fallback until
+the first generations have ended.
 
 The engine's service rate (sequences completed per second) is measured only while its
 batch (MAX_NUM_SEQS) is full: then every completion frees a place that a waiting sequence
