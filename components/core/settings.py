@@ -56,7 +56,7 @@ class EngineSettings(_Group):
     # The step that starts a request runs without lower priority classes (engine_scheduler).
     first_step_alone: bool | None = Field(None, alias="PRIORITY_FIRST_STEP_ALONE")
     # vLLM's batch beyond MAX_NUM_SEQS that only a request outranking a running one may
-    # start in (engine_scheduler; unset: half of MAX_NUM_SEQS; 0: none).
+    # start in (engine_scheduler; unset: a quarter of MAX_NUM_SEQS; 0: none).
     headroom: int | None = Field(None, alias="PRIORITY_HEADROOM", ge=0, le=4096)
     # The documented default; production points it at a mounted volume.
     cache_dir: str = Field("/tmp/vllm_cache", alias="VLLM_CACHE_DIR")  # noqa: S108

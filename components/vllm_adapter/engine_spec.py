@@ -210,9 +210,10 @@ def resolve_spec(
 
 def engine_headroom(settings: EngineSettings) -> int:
     """Sequences beyond MAX_NUM_SEQS for requests that outrank a running one (PRIORITY_HEADROOM;
-    unset: half of MAX_NUM_SEQS: an interactive class at 30 % of the load beside batch work got
-    75 % of its answers in time with a quarter, 90 % with half, docs/benchmarks.md)."""
-    return settings.headroom if settings.headroom is not None else settings.max_num_seqs // 2
+    unset: a quarter of MAX_NUM_SEQS. Half gave an interactive class at 30 % of the load 82 %
+    of its answers in time against 65 %, but the batch class's time between tokens past its
+    objective, 203 answers in time in all against 289, docs/benchmarks.md)."""
+    return settings.headroom if settings.headroom is not None else settings.max_num_seqs // 4
 
 
 def compile_key_parts(spec: EngineSpec) -> dict[str, Any]:

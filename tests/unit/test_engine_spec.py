@@ -41,8 +41,8 @@ def test_model_path_wins_and_settings_reach_the_args() -> None:
     args = spec.cli_args
     assert spec.model == "/models/x" and spec.served_name == "/models/x"
     assert args[args.index("--max-model-len") + 1] == "2048"
-    # vLLM's batch is MAX_NUM_SEQS plus the headroom (half); raw vLLM compared gets MAX_NUM_SEQS.
-    assert args[args.index("--max-num-seqs") + 1] == "6"
+    # vLLM's batch is MAX_NUM_SEQS plus the headroom (a quarter); raw vLLM compared gets MAX_NUM_SEQS.
+    assert args[args.index("--max-num-seqs") + 1] == "5"
     assert spec.stock_args[spec.stock_args.index("--max-num-seqs") + 1] == "4"
     assert "--scheduler-cls" not in spec.stock_args and "--additional-config" not in spec.stock_args
     assert args[args.index("--attention-backend") + 1] == "TRITON_ATTN"
@@ -58,7 +58,7 @@ def test_the_first_step_rule_is_on_for_cpus_by_default(env: dict[str, str], gpus
     assert json.loads(args[args.index("--additional-config") + 1])[FIRST_STEP_CONFIG] is on
 
 
-@pytest.mark.parametrize(("env", "headroom", "scheduler"), [({}, 16, True), ({"PRIORITY_HEADROOM": "3"}, 3, True),
+@pytest.mark.parametrize(("env", "headroom", "scheduler"), [({}, 8, True), ({"PRIORITY_HEADROOM": "3"}, 3, True),
                                                             ({"PRIORITY_HEADROOM": "0"}, 0, True),
                                                             ({"PRIORITY_HEADROOM": "0",
                                                               "PRIORITY_FIRST_STEP_ALONE": "false"}, 0, False)])
@@ -98,8 +98,8 @@ def test_engine_args_parse_with_vllms_own_parser() -> None:
     from components.vllm_adapter.engine import parse_engine_args
 
     args = parse_engine_args(resolve_spec(engine_settings(MAX_NUM_SEQS="4"), 0))
-    assert args.max_num_seqs == 4 + 2 and args.enforce_eager is True  # with the headroom
-    assert args.additional_config == {HEADROOM_CONFIG: 2, FIRST_STEP_CONFIG: True}
+    assert args.max_num_seqs == 4 + 1 and args.enforce_eager is True  # with the headroom
+    assert args.additional_config == {HEADROOM_CONFIG: 1, FIRST_STEP_CONFIG: True}
 
 
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
