@@ -29,7 +29,7 @@ MIN_COMPLETIONS = 4
 # 0.9 s of a 4.3 s objective on a 2-core host) and the prediction's error. Under overload the
 # queue then holds half an objective's worth of work, still enough to keep the batch full,
 # while admitting up to the deadline itself left about half of the admitted requests late
-# (docs/benchmarks/goodput.json, how it was found: docs/benchmarks.md).
+# (docs/benchmarks/goodput-2026-12-07.json, how it was found: docs/benchmarks.md).
 START_WITHIN = 0.5
 
 

@@ -6,7 +6,7 @@ only while completions are spread out. They often are not: requests that started
 and ask for about as many tokens end together, and the next place may free up one whole
 generation later (one key at three times capacity, 64 tokens each: requests admitted as
 starting within 2.5 s waited 3.0 s on average in vLLM's queue and 11 s at p99,
-docs/benchmarks/goodput.json, 2026-12-07). Here each running sequence frees its place after
+docs/benchmarks/goodput-2026-12-07.json). Here each running sequence frees its place after
 the tokens it is expected still to generate: the mean of recent completions' lengths beyond
 what it has already generated, capped by its own `max_tokens`, times the measured time per
 token. The places are then handed, earliest first, to the sequences that start before the

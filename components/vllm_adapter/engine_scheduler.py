@@ -7,8 +7,8 @@ that holds fewer sequences: vLLM's priority number, components/core/priority.py)
 it, such a request waits in vLLM's queue for the next completion, and completions come in
 clumps: requests that started together and ask for as many tokens end together, one whole
 generation apart (a quiet key beside a flood at three times capacity: 45 % of its answers
-in time, docs/benchmarks/goodput.json of 2026-12-07). With it the request starts at the
-next step, and the rest of the queue waits until the batch is back under MAX_NUM_SEQS. vLLM
+in time, docs/benchmarks/goodput-2026-12-07.json). With it the request starts at the next
+step, and it holds that headroom place, counted apart, until it ends: it delays nobody. vLLM
 itself only preempts for a lack of KV cache, never for a place in the batch; preempting a
 running request would throw its decode away, while the headroom costs one step's time for
 a few more sequences.
